@@ -1,0 +1,9 @@
+"""alignkit: declarative LLM post-training recipes on TRL, PEFT and Accelerate."""
+
+__version__ = "0.1.0"
+
+import logging
+
+# bitsandbytes (imported by transformers when installed) warns at import that an optional CPU kernel package is
+# missing; it falls back to its own kernels, so the warning only alarms users.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)

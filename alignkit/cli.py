@@ -1,0 +1,63 @@
+"""The `alignkit` command.
+
+    alignkit <stage> --config <yaml> [--key value ...]    run one stage's recipe (pretrain, sft)
+    alignkit demo [--output_dir outputs/demo] [--seed 0]   the offline demo, every stage on a tiny model
+
+`--debug` anywhere shows the full traceback of an error instead of its one-line message.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable
+
+from alignkit.errors import AlignkitError
+
+STAGES = ("pretrain", "sft")
+
+
+def _fail(error: AlignkitError) -> None:
+    print(f"alignkit: error: {error}", file=sys.stderr)
+    sys.exit(2)
+
+
+def run_recipe(main: Callable, stage: str, args: list[str] | None = None):
+    """Parse a stage's config strictly and run its `main`, reporting user errors in a line, not a traceback."""
+    from alignkit.config import STAGE_ARGS, parse_args
+
+    args = list(sys.argv[1:] if args is None else args)
+    debug = "--debug" in args
+    if debug:
+        args.remove("--debug")
+    try:
+        return main(*parse_args(STAGE_ARGS[stage], args))
+    except AlignkitError as e:
+        if debug:
+            raise
+        _fail(e)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__.strip())
+        return
+    command, rest = argv[0], argv[1:]
+    if command in STAGES:
+        recipe = importlib.import_module(f"alignkit.recipes.{command}")
+        run_recipe(recipe.main, command, rest)
+    elif command == "demo":
+        from alignkit.demo.run import main as demo_main
+
+        try:
+            demo_main(rest)
+        except AlignkitError as e:
+            _fail(e)
+    else:
+        print(f"alignkit: unknown command '{command}'; expected one of {', '.join(STAGES + ('demo',))}.", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,220 @@
+"""Recipe configuration: TRL's dataclasses, parsed strictly, plus the few fields TRL lacks.
+
+A recipe is configured by `(ScriptArguments, <Method>Config, ModelConfig)`, exactly as TRL's own scripts
+are, so every field keeps its TRL/transformers name (`model_name_or_path`, `max_length`, `lora_r`, ...).
+`parse_args` adds what TRL's parser does not do: it rejects unknown or misspelt keys (naming the closest
+valid one), reports bad values in one line instead of an argparse usage wall, and picks precision and
+device defaults that work on the machine at hand.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import enum
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import trl
+import yaml
+from trl import ModelConfig, SFTConfig, TrlParser
+
+from alignkit.errors import ConfigError
+
+CONFIG_FILE_NAME = "alignkit_config.yaml"
+
+
+@dataclass
+class ScriptArguments(trl.ScriptArguments):
+    """
+    TRL's script arguments plus what alignkit adds.
+
+    Args:
+        dataset_name (`str`):
+            A Hub dataset id, a local `.jsonl`/`.json`/`.csv`/`.parquet`/`.txt` file, or a local folder of such
+            files (files named `train.*` and `test.*` become those splits).
+        eval_split_size (`float`, *optional*, defaults to `0.05`):
+            When the data set has no `dataset_test_split`, hold out this fraction of the training rows (or this
+            many rows, if >= 1) for evaluation. `0` disables evaluation.
+        overwrite_output_dir (`bool`, *optional*, defaults to `False`):
+            Replace a previous run found in `output_dir`. Without it such a run is never touched.
+        from_scratch (`bool`, *optional*, defaults to `False`):
+            Initialise random weights from `model_name_or_path`'s config instead of loading its weights
+            (pretraining a new model).
+    """
+
+    eval_split_size: float = field(
+        default=0.05,
+        metadata={"help": "Fraction (or row count if >= 1) of train held out for eval when there is no test split."},
+    )
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Replace a previous run found in `output_dir`."}
+    )
+    from_scratch: bool = field(
+        default=False,
+        metadata={"help": "Initialise random weights from the model's config instead of loading its weights."},
+    )
+
+    def __post_init__(self):
+        if self.eval_split_size < 0:
+            raise ValueError(f"eval_split_size must be >= 0, got {self.eval_split_size}.")
+
+
+@dataclass
+class PretrainConfig(SFTConfig):
+    """
+    `SFTConfig` with defaults for raw text: sequences are packed into `max_length` blocks, and documents longer
+    than a block are split across blocks rather than truncated (`packing_strategy="bfd_split"`).
+    """
+
+    packing: bool = field(default=True, metadata={"help": "Pack sequences into `max_length` blocks."})
+    packing_strategy: str = field(
+        default="bfd_split", metadata={"help": "Packing strategy: 'bfd', 'bfd_split' or 'wrapped'."}
+    )
+
+
+class _StrictParser(TrlParser):
+    """TrlParser whose argparse errors become one-line `ConfigError`s instead of a usage dump and exit."""
+
+    def error(self, message):
+        raise ConfigError(message.replace("argument --", "invalid value for "))
+
+
+def _closest(key: str, valid: set[str]) -> str:
+    match = difflib.get_close_matches(key, sorted(valid), n=1, cutoff=0.6)
+    return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+def _load_yaml(path: str) -> dict[str, Any]:
+    if not Path(path).is_file():
+        raise ConfigError(f"Config file not found: {path}")
+    try:
+        config = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        where = f" (line {e.problem_mark.line + 1})" if getattr(e, "problem_mark", None) else ""
+        raise ConfigError(f"{path}{where} is not valid YAML: {getattr(e, 'problem', e)}") from None
+    if config is None:
+        return {}
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path} must be a YAML mapping of `key: value` lines, got a {type(config).__name__}.")
+    return config
+
+
+def _cli_keys(args: list[str]) -> list[str]:
+    return [a[2:].split("=", 1)[0] for a in args if a.startswith("--")]
+
+
+def bf16_supported() -> bool:
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def has_accelerator() -> bool:
+    return torch.cuda.is_available() or torch.backends.mps.is_available() or (
+        hasattr(torch, "xpu") and torch.xpu.is_available()
+    )
+
+
+def _device_defaults(explicit: set[str], dataclass_types) -> dict[str, Any]:
+    """TRL defaults to bf16, which fails on machines without bf16 support; choose what the machine supports."""
+    training_fields = {f.name for t in dataclass_types for f in dataclasses.fields(t)}
+    defaults = {}
+    if "bf16" in training_fields and not explicit & {"bf16", "fp16"}:
+        defaults["bf16"] = bf16_supported()
+    # Without an accelerator, say so to Accelerate: it is also what makes multi-process CPU runs use gloo DDP.
+    if "use_cpu" in training_fields and "use_cpu" not in explicit and not has_accelerator():
+        defaults["use_cpu"] = True
+    return defaults
+
+
+def parse_args(dataclass_types, args: list[str] | None = None) -> tuple:
+    """
+    Parse `--config file.yaml` plus CLI overrides into `dataclass_types`, strictly.
+
+    Unknown keys (in the YAML or on the command line) are an error naming the closest valid key; a YAML `env:`
+    block is exported as TRL does.
+    """
+    args = list(sys.argv[1:] if args is None else args)
+    config: dict[str, Any] = {}
+    source = "command line"
+    if "--config" in args:
+        i = args.index("--config")
+        if i + 1 >= len(args):
+            raise ConfigError("--config needs a path to a YAML file.")
+        source = args[i + 1]
+        config = _load_yaml(source)
+        del args[i : i + 2]
+        env = config.pop("env", {})
+        if not isinstance(env, dict):
+            raise ConfigError(f"{source}: `env` must be a mapping of variable names to values.")
+        os.environ.update({k: str(v) for k, v in env.items()})
+
+    parser = _StrictParser(dataclass_types)  # a fresh parser per parse: TrlParser keeps YAML values as defaults
+    valid = {a.dest for a in parser._actions} | {
+        opt[2:] for a in parser._actions for opt in a.option_strings if opt.startswith("--")
+    }
+    for key in config:
+        if key not in valid:
+            raise ConfigError(f"{source}: unknown key '{key}'{_closest(key, valid)}.")
+    cli_keys = _cli_keys(args)
+    for key in cli_keys:
+        if key not in valid:
+            raise ConfigError(f"unknown command-line option '--{key}'{_closest(key, valid)}.")
+
+    explicit = set(config) | set(cli_keys)
+    parser.set_defaults_with_config(**{**_device_defaults(explicit, dataclass_types), **config})
+    try:
+        return parser.parse_args_into_dataclasses(args=args)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    except (ValueError, TypeError) as e:  # a dataclass's __post_init__ rejecting a combination of values
+        raise ConfigError(f"{source}: {e}") from None
+
+
+def _plain(value):
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _plain(dataclasses.asdict(value))
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _field_default(f: dataclasses.Field):
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
+
+
+def resolved_config(*configs) -> dict[str, Any]:
+    """The values that differ from the dataclasses' defaults, as one flat mapping that `--config` accepts."""
+    resolved = {}
+    for config in configs:
+        for f in dataclasses.fields(config):
+            if not f.init or f.name.endswith("_token") or f.name.startswith("_"):
+                continue  # tokens never leave the process
+            value = getattr(config, f.name)
+            if value != _field_default(f):
+                resolved[f.name] = _plain(value)
+    return resolved
+
+
+def save_config(output_dir: str | Path, *configs) -> Path:
+    path = Path(output_dir) / CONFIG_FILE_NAME
+    path.write_text(yaml.safe_dump(resolved_config(*configs), sort_keys=True), encoding="utf-8")
+    return path
+
+
+# The dataclasses each stage is configured with.
+STAGE_ARGS = {
+    "pretrain": (ScriptArguments, PretrainConfig, ModelConfig),
+    "sft": (ScriptArguments, SFTConfig, ModelConfig),
+}

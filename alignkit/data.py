@@ -1,0 +1,283 @@
+"""Load a data set, check it has the shape a stage needs, and convert the simple variants.
+
+Every problem is reported before any model is loaded, as one message naming the file (or data set), the
+row, what was found and what was expected.
+
+Formats, by stage (TRL's own column names):
+    pretrain    `text` (or `dataset_text_field`)
+    sft         `messages` (conversational) | `prompt` + `completion` | `text`;
+                converted: `instruction` [+ `input`] + `output`, `question` + `answer`,
+                ShareGPT `conversations` (`from`/`value`)
+    preference  `chosen` + `rejected`, with an explicit `prompt` or an implicit one (shared by both answers)
+    prompts     `prompt` (a string or a conversation) | `messages` (the turns before the last assistant turn)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from datasets import Dataset, DatasetDict, load_dataset
+
+from alignkit.errors import DataError
+
+# File extensions -> the `datasets` builder that reads them.
+BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
+ROLES = {"system", "user", "assistant"}
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+
+
+# --------------------------------------------------------------------------------------------- loading
+def _data_files(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    return sorted(p for p in path.rglob("*") if p.suffix in BUILDERS and p.is_file())
+
+
+def _find_bad_line(files: list[Path]) -> str | None:
+    """Locate the first line `datasets` could not read, so the user gets a line number, not a pyarrow trace."""
+    for file in files:
+        if BUILDERS.get(file.suffix) not in ("json", "text", "csv"):
+            continue
+        with open(file, "rb") as f:
+            for lineno, raw in enumerate(f, start=1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    return f"{file}, line {lineno}: not valid UTF-8 text. Re-save the file as UTF-8."
+                if file.suffix == ".jsonl" and line.strip():
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError as e:
+                        return f"{file}, line {lineno}: malformed JSON ({e.msg}, column {e.colno}). Fix or remove that line."
+                    if not isinstance(row, dict):
+                        return f"{file}, line {lineno}: each JSONL line must be an object {{...}}, got {type(row).__name__}."
+        if file.suffix == ".json":
+            try:
+                json.loads(file.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as e:
+                return f"{file}, line {e.lineno}: malformed JSON ({e.msg}). Fix the file."
+    return None
+
+
+def _load_local(path: Path, config_name: str | None) -> DatasetDict:
+    files = _data_files(path)
+    if not files:
+        raise DataError(f"{path} holds no data files ({', '.join(BUILDERS)}).")
+    try:
+        if path.is_file():
+            ds = load_dataset(BUILDERS[path.suffix], data_files=str(path))
+        else:
+            ds = load_dataset(str(path), name=config_name)
+    except Exception as e:
+        bad = _find_bad_line(files)
+        if bad:
+            raise DataError(bad) from None
+        raise DataError(f"Could not read {path}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+    return ds
+
+
+def load_raw(dataset_name: str | None, config_name: str | None = None, streaming: bool = False) -> DatasetDict:
+    """Load a Hub dataset id, a local file or a local folder (the same call either way)."""
+    if not dataset_name:
+        raise DataError("No data set given: set `dataset_name` to a Hub dataset id or a local file/folder.")
+    path = Path(dataset_name).expanduser()
+    if path.exists():
+        if path.is_file() and path.suffix not in BUILDERS:
+            raise DataError(f"{path}: unsupported file type '{path.suffix}'; use one of {', '.join(BUILDERS)}.")
+        return _load_local(path, config_name)
+    if path.suffix in BUILDERS or dataset_name.startswith((".", "/", "~")) or dataset_name.count("/") > 1:
+        raise DataError(f"Data file or folder not found: {dataset_name}")
+    try:
+        return load_dataset(dataset_name, name=config_name, streaming=streaming)
+    except Exception as e:  # offline, unknown id, gated: all surface as different exception types
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DataError(
+            f"Could not load data set '{dataset_name}' from the Hugging Face Hub ({reason}). "
+            "Check the id and your connection, or point `dataset_name` at a local file or folder."
+        ) from None
+
+
+# ------------------------------------------------------------------------------------------ validation
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _check_messages(messages: Any, where: str, column: str, need_assistant: bool = True) -> None:
+    if not isinstance(messages, list) or not messages:
+        raise DataError(f"{where}: '{column}' must be a non-empty list of {{role, content}} turns, got {_describe(messages)}.")
+    for turn in messages:
+        if not isinstance(turn, dict) or "role" not in turn or "content" not in turn:
+            raise DataError(f"{where}: each turn in '{column}' needs 'role' and 'content' keys, got {_describe(turn)}.")
+        if turn["role"] not in ROLES:
+            raise DataError(f"{where}: unknown role '{turn['role']}' in '{column}'; use one of {sorted(ROLES)}.")
+    if need_assistant and not any(t["role"] == "assistant" for t in messages):
+        raise DataError(f"{where}: '{column}' has no assistant turn, so there is nothing to learn from it.")
+
+
+def _check_rows(dataset: Dataset, columns: list[str], source: str, check_row=None) -> None:
+    """Every required cell is present and non-empty; `check_row` validates one row's structure."""
+    for start in range(0, len(dataset), 1000):
+        batch = dataset.select_columns(columns)[start : start + 1000]
+        for offset in range(len(batch[columns[0]])):
+            where = f"{source}, row {start + offset + 1}"
+            row = {c: batch[c][offset] for c in columns}
+            for column, value in row.items():
+                if value is None or value == "" or value == []:
+                    raise DataError(f"{where}: column '{column}' is empty. Fill it in or remove the row.")
+            if check_row:
+                check_row(row, where)
+
+
+def _conversational(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and isinstance(value[0], dict)
+
+
+def _check_prompt_completion(row, where):
+    for column in ("prompt", "completion"):
+        if _conversational(row[column]):
+            _check_messages(row[column], where, column, need_assistant=column == "completion")
+        elif not isinstance(row[column], str):
+            raise DataError(f"{where}: '{column}' must be text or a list of turns, got {_describe(row[column])}.")
+    if _conversational(row["prompt"]) != _conversational(row["completion"]):
+        raise DataError(f"{where}: 'prompt' and 'completion' must both be text or both be lists of turns.")
+
+
+def _check_preference(row, where):
+    for column in ("chosen", "rejected"):
+        if _conversational(row[column]):
+            _check_messages(row[column], where, column, need_assistant=True)
+        elif not isinstance(row[column], str):
+            raise DataError(f"{where}: '{column}' must be text or a list of turns, got {_describe(row[column])}.")
+    if "prompt" in row and _conversational(row["prompt"]):
+        _check_messages(row["prompt"], where, "prompt", need_assistant=False)
+
+
+# ----------------------------------------------------------------------------------------- conversion
+def _from_instruction(row):
+    instruction = row["instruction"] if not row.get("input") else f"{row['instruction']}\n\n{row['input']}"
+    return {"prompt": [{"role": "user", "content": instruction}], "completion": [{"role": "assistant", "content": row["output"]}]}
+
+
+def _from_question(row):
+    return {"prompt": [{"role": "user", "content": row["question"]}], "completion": [{"role": "assistant", "content": row["answer"]}]}
+
+
+def _from_sharegpt(row):
+    turns = []
+    for turn in row["conversations"] or []:
+        role = SHAREGPT_ROLES.get(turn.get("from"))
+        turns.append({"role": role or turn.get("from"), "content": turn.get("value")})
+    return {"messages": turns}
+
+
+# (columns present) -> (converter, columns it produces); tried in order after the native formats.
+SFT_CONVERSIONS = [
+    ({"instruction", "output"}, _from_instruction, ["prompt", "completion"]),
+    ({"question", "answer"}, _from_question, ["prompt", "completion"]),
+    ({"conversations"}, _from_sharegpt, ["messages"]),
+]
+
+EXPECTED = {
+    "pretrain": "'{text}' (raw text)",
+    "sft": "'messages' (conversations), 'prompt' + 'completion', '{text}' (raw text), "
+    "'instruction' + 'output', 'question' + 'answer', or 'conversations' (ShareGPT)",
+    "preference": "'chosen' + 'rejected' (and optionally 'prompt')",
+    "prompts": "'prompt' or 'messages'",
+}
+
+
+def detect_format(columns: list[str], stage: str, text_field: str = "text") -> str:
+    """Name the format of a data set with `columns` for `stage`, or raise a `DataError` saying what is expected."""
+    cols = set(columns)
+    if stage == "pretrain" and text_field in cols:
+        return "text"
+    if stage == "sft":
+        if "messages" in cols:
+            return "messages"
+        if {"prompt", "completion"} <= cols:
+            return "prompt_completion"
+        if text_field in cols:
+            return "text"
+        for needed, _, _ in SFT_CONVERSIONS:
+            if needed <= cols:
+                return "+".join(sorted(needed))
+    if stage == "preference" and {"chosen", "rejected"} <= cols:
+        return "preference"
+    if stage == "prompts" and cols & {"prompt", "messages"}:
+        return "prompt" if "prompt" in cols else "messages"
+    if stage not in EXPECTED:
+        raise ValueError(f"Unknown stage {stage!r}; expected one of {sorted(EXPECTED)}.")
+    raise DataError(f"has columns {sorted(cols)}; a {stage} data set needs {EXPECTED[stage].format(text=text_field)}.")
+
+
+def prepare(dataset: Dataset, stage: str, source: str, text_field: str = "text") -> tuple[Dataset, str]:
+    """Check `dataset` fits `stage`, convert simple variants to TRL's columns, and drop other columns."""
+    if len(dataset) == 0:
+        raise DataError(f"{source} is empty: it has no rows to train on.")
+    try:
+        fmt = detect_format(dataset.column_names, stage, text_field)
+    except DataError as e:
+        raise DataError(f"{source} {e}") from None
+
+    for needed, convert, produced in SFT_CONVERSIONS if stage == "sft" else []:
+        if fmt == "+".join(sorted(needed)):
+            _check_rows(dataset, sorted(needed), source)
+            dataset = dataset.map(convert, remove_columns=dataset.column_names)
+            fmt = "messages" if produced == ["messages"] else "prompt_completion"
+            break
+
+    if fmt == "text":
+        columns, check = [text_field], None
+    elif fmt == "messages":
+        columns, check = ["messages"], lambda row, where: _check_messages(row["messages"], where, "messages")
+    elif fmt == "prompt_completion":
+        columns, check = ["prompt", "completion"], _check_prompt_completion
+    elif fmt == "preference":
+        columns = (["prompt"] if "prompt" in dataset.column_names else []) + ["chosen", "rejected"]
+        check = _check_preference
+    else:  # prompts
+        columns, check = [fmt], None
+    _check_rows(dataset, columns, source, check)
+    if set(dataset.column_names) != set(columns):
+        dataset = dataset.select_columns(columns)
+    return dataset, fmt
+
+
+def load_data(script_args, stage: str, text_field: str = "text", seed: int = 42) -> DatasetDict:
+    """
+    Load `script_args.dataset_name`, check and convert it for `stage`, and return `train` (+ `test`) splits.
+
+    The test split is the data set's `dataset_test_split` when it has one, else `eval_split_size` of train.
+    """
+    raw = load_raw(script_args.dataset_name, script_args.dataset_config, script_args.dataset_streaming)
+    name = script_args.dataset_name
+    train_split, test_split = script_args.dataset_train_split, script_args.dataset_test_split
+    if train_split not in raw:
+        raise DataError(f"{name} has no '{train_split}' split (it has {sorted(raw)}); set `dataset_train_split`.")
+    train, _ = prepare(raw[train_split], stage, _source(name, train_split), text_field)
+    splits = {"train": train}
+    if test_split in raw and test_split != train_split:
+        splits["test"], _ = prepare(raw[test_split], stage, _source(name, test_split), text_field)
+    elif script_args.eval_split_size > 0 and len(train) > 1:
+        size = script_args.eval_split_size
+        size = int(size) if size >= 1 else max(1, round(size * len(train)))
+        if size >= len(train):
+            raise DataError(f"eval_split_size={script_args.eval_split_size} leaves no training rows out of {len(train)}.")
+        parts = train.train_test_split(test_size=size, seed=seed)
+        splits = {"train": parts["train"], "test": parts["test"]}
+    return DatasetDict(splits)
+
+
+def _source(name: str, split: str) -> str:
+    """The file a split came from when it is one local file (so rows map to lines), else `name[split]`."""
+    path = Path(name)
+    if path.is_file():
+        return str(path)
+    if path.is_dir():
+        candidates = [p for p in _data_files(path) if p.stem == split]
+        if len(candidates) == 1:
+            return str(candidates[0])
+    return f"{name} [{split}]"

@@ -1,0 +1,1 @@
+"""A tiny deterministic fact world, its gold judge and base model for alignkit's offline demo."""
