@@ -127,6 +127,12 @@ def _device_defaults(explicit: set[str], dataclass_types) -> dict[str, Any]:
     # Without an accelerator, say so to Accelerate: it is also what makes multi-process CPU runs use gloo DDP.
     if "use_cpu" in training_fields and "use_cpu" not in explicit and not has_accelerator():
         defaults["use_cpu"] = True
+    # TRL's default `gradient_checkpointing=True` uses the name transformers 5 deprecated, which warns on every
+    # run; pass the same default under the new name unless the user chose either.
+    if "activation_checkpointing" in training_fields and not explicit & {"activation_checkpointing", "gradient_checkpointing"}:
+        defaults["activation_checkpointing"] = next(
+            f.default for t in dataclass_types for f in dataclasses.fields(t) if f.name == "gradient_checkpointing"
+        )
     return defaults
 
 

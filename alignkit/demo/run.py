@@ -65,6 +65,10 @@ def gold_report(world: World, stage_dir: Path, heldout: list[dict]) -> dict:
     return {**rates, "examples": examples}
 
 
+def load_heldout(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "data" / "heldout_prompts.jsonl").read_text().splitlines()]
+
+
 def print_report(report: dict) -> None:
     stages = report["stages"]
     if "pretrain" in stages:
@@ -97,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
     base = out / "base"
     if not (base / "config.json").is_file():
         make_base(world, base, seed=opts.seed)
-    heldout = [json.loads(line) for line in Path(data["heldout_prompts"]).read_text().splitlines()]
+    heldout = load_heldout(out)
 
     report: dict = {"seed": opts.seed, "stages": {}}
     inputs = {"pretrain": (base, data["pretrain"]), "sft": (out / "pretrain", data["sft"])}

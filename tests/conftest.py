@@ -1,0 +1,77 @@
+"""Shared fixtures: one tiny model (built from a config, saved and loaded back by path) and small data sets."""
+
+import os
+
+# Offline and single-threaded before anything imports the stack: loads of uncached Hub ids fail at once, and
+# timings stay stable on a shared 2-core machine.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def world():
+    from alignkit.demo.world import make_world
+
+    return make_world(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory, world) -> Path:
+    """A random-weight Llama (hidden 64, 2 layers) with the demo tokenizer, saved like a Hub model folder."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from alignkit.demo.base import make_base
+
+    path = make_base(world, tmp_path_factory.mktemp("tiny_base"))
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path)).save_pretrained(path)
+    return Path(path)
+
+
+def write_jsonl(path: Path, rows) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def sft_messages_file(tmp_path_factory, world) -> Path:
+    """64 conversational SFT rows from the demo world."""
+    rows = [{"messages": ex["messages"]} for ex in world.sft_examples()[:64]]
+    return write_jsonl(tmp_path_factory.mktemp("sft") / "train.jsonl", rows)
+
+
+@pytest.fixture(scope="session")
+def pretrain_dir(tmp_path_factory, world) -> Path:
+    path = tmp_path_factory.mktemp("pretrain")
+    write_jsonl(path / "train.jsonl", [{"text": t} for t in world.pretrain_documents(400, "train")])
+    write_jsonl(path / "test.jsonl", [{"text": t} for t in world.pretrain_documents(40, "test")])
+    return path
+
+
+def run_stage(stage: str, *args: str):
+    """Parse `args` as the stage's CLI would and run its recipe's main() in-process; returns the trainer."""
+    import importlib
+
+    from alignkit.config import STAGE_ARGS, parse_args
+
+    recipe = importlib.import_module(f"alignkit.recipes.{stage}")
+    return recipe.main(*parse_args(STAGE_ARGS[stage], list(args)))
+
+
+# Settings that keep every recipe test to a few seconds on a CPU.
+FAST = [
+    "--report_to", "none", "--disable_tqdm", "true", "--save_strategy", "no", "--logging_steps", "1",
+    "--activation_checkpointing", "false", "--per_device_train_batch_size", "8", "--seed", "0",
+]
