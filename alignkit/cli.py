@@ -22,15 +22,22 @@ def _fail(error: AlignkitError) -> None:
     sys.exit(2)
 
 
-def run_recipe(main: Callable, stage: str, args: list[str] | None = None):
-    """Parse a stage's config strictly and run its `main`, reporting user errors in a line, not a traceback."""
-    from alignkit.config import STAGE_ARGS, parse_args
+def run_recipe(stage: str, args: list[str] | None = None, main: Callable | None = None):
+    """
+    Parse a stage's config strictly and run its recipe's `main` (by default `alignkit.recipes.<stage>.main`,
+    imported after the quick checks), reporting user errors in a line, not a traceback.
+    """
+    from alignkit import preflight
 
     args = list(sys.argv[1:] if args is None else args)
     debug = "--debug" in args
     if debug:
         args.remove("--debug")
     try:
+        preflight.check(stage, args)  # typos and bad data fail before the ML stack's ~5 s import
+        from alignkit.config import STAGE_ARGS, parse_args
+
+        main = main or importlib.import_module(f"alignkit.recipes.{stage}").main
         return main(*parse_args(STAGE_ARGS[stage], args))
     except AlignkitError as e:
         if debug:
@@ -45,8 +52,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     command, rest = argv[0], argv[1:]
     if command in STAGES:
-        recipe = importlib.import_module(f"alignkit.recipes.{command}")
-        run_recipe(recipe.main, command, rest)
+        run_recipe(command, rest)
     elif command == "demo":
         from alignkit.demo.run import main as demo_main
 

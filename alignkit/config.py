@@ -10,7 +10,6 @@ device defaults that work on the machine at hand.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import enum
 import os
 import sys
@@ -24,6 +23,7 @@ import yaml
 from trl import ModelConfig, SFTConfig, TrlParser
 
 from alignkit.errors import ConfigError
+from alignkit.preflight import closest_hint, load_yaml, split_config_arg
 
 CONFIG_FILE_NAME = "alignkit_config.yaml"
 
@@ -84,24 +84,15 @@ class _StrictParser(TrlParser):
         raise ConfigError(message.replace("argument --", "invalid value for "))
 
 
-def _closest(key: str, valid: set[str]) -> str:
-    match = difflib.get_close_matches(key, sorted(valid), n=1, cutoff=0.6)
-    return f" (did you mean '{match[0]}'?)" if match else ""
+def _parser_keys(parser: TrlParser) -> set[str]:
+    return {a.dest for a in parser._actions} | {
+        opt[2:] for a in parser._actions for opt in a.option_strings if opt.startswith("--")
+    }
 
 
-def _load_yaml(path: str) -> dict[str, Any]:
-    if not Path(path).is_file():
-        raise ConfigError(f"Config file not found: {path}")
-    try:
-        config = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        where = f" (line {e.problem_mark.line + 1})" if getattr(e, "problem_mark", None) else ""
-        raise ConfigError(f"{path}{where} is not valid YAML: {getattr(e, 'problem', e)}") from None
-    if config is None:
-        return {}
-    if not isinstance(config, dict):
-        raise ConfigError(f"{path} must be a YAML mapping of `key: value` lines, got a {type(config).__name__}.")
-    return config
+def valid_keys(dataclass_types) -> set[str]:
+    """Every key a config for `dataclass_types` may hold (YAML or `--flag`)."""
+    return _parser_keys(_StrictParser(dataclass_types)) - {"help", "h"}
 
 
 def _cli_keys(args: list[str]) -> list[str]:
@@ -143,32 +134,24 @@ def parse_args(dataclass_types, args: list[str] | None = None) -> tuple:
     Unknown keys (in the YAML or on the command line) are an error naming the closest valid key; a YAML `env:`
     block is exported as TRL does.
     """
-    args = list(sys.argv[1:] if args is None else args)
-    config: dict[str, Any] = {}
-    source = "command line"
-    if "--config" in args:
-        i = args.index("--config")
-        if i + 1 >= len(args):
-            raise ConfigError("--config needs a path to a YAML file.")
-        source = args[i + 1]
-        config = _load_yaml(source)
-        del args[i : i + 2]
+    path, args = split_config_arg(list(sys.argv[1:] if args is None else args))
+    config: dict[str, Any] = load_yaml(path) if path else {}
+    source = path or "command line"
+    if config:
         env = config.pop("env", {})
         if not isinstance(env, dict):
             raise ConfigError(f"{source}: `env` must be a mapping of variable names to values.")
         os.environ.update({k: str(v) for k, v in env.items()})
 
     parser = _StrictParser(dataclass_types)  # a fresh parser per parse: TrlParser keeps YAML values as defaults
-    valid = {a.dest for a in parser._actions} | {
-        opt[2:] for a in parser._actions for opt in a.option_strings if opt.startswith("--")
-    }
+    valid = _parser_keys(parser)
     for key in config:
         if key not in valid:
-            raise ConfigError(f"{source}: unknown key '{key}'{_closest(key, valid)}.")
+            raise ConfigError(f"{source}: unknown key '{key}'{closest_hint(key, valid)}.")
     cli_keys = _cli_keys(args)
     for key in cli_keys:
         if key not in valid:
-            raise ConfigError(f"unknown command-line option '--{key}'{_closest(key, valid)}.")
+            raise ConfigError(f"unknown command-line option '--{key}'{closest_hint(key, valid)}.")
 
     explicit = set(config) | set(cli_keys)
     parser.set_defaults_with_config(**{**_device_defaults(explicit, dataclass_types), **config})

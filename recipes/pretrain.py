@@ -43,4 +43,4 @@ def main(script_args: ScriptArguments, training_args: PretrainConfig, model_args
 
 
 if __name__ == "__main__":
-    run_recipe(main, "pretrain")
+    run_recipe("pretrain", main=main)

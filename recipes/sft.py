@@ -44,4 +44,4 @@ def main(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mod
 
 
 if __name__ == "__main__":
-    run_recipe(main, "sft")
+    run_recipe("sft", main=main)

@@ -40,6 +40,7 @@ def test_bad_input_fails_with_a_short_message_and_writes_nothing(case, expected,
     proc, seconds = run_cli("sft", "--config", str(config))
     assert proc.returncode == 2
     assert expected in proc.stderr
+    assert seconds < 5, "user errors are caught before the ML stack's import"
     assert "Traceback" not in proc.stderr
     error = proc.stderr[proc.stderr.index("alignkit: error:") :]
     assert len(error.strip().splitlines()) <= 2
