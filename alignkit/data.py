@@ -61,6 +61,11 @@ def _find_bad_line(files: list[Path]) -> str | None:
     return None
 
 
+def _is_blank(file: Path) -> bool:
+    with open(file, "rb") as f:
+        return not any(line.strip() for line in f)
+
+
 def _load_local(path: Path, config_name: str | None) -> DatasetDict:
     files = _data_files(path)
     if not files:
@@ -68,13 +73,23 @@ def _load_local(path: Path, config_name: str | None) -> DatasetDict:
     try:
         if path.is_file():
             ds = load_dataset(BUILDERS[path.suffix], data_files=str(path))
+            if path.suffix == ".txt":  # blank lines separate paragraphs in prose; they are not empty rows
+                ds = ds.filter(lambda row: bool(row["text"].strip()))
         else:
             ds = load_dataset(str(path), name=config_name)
+        # pyarrow's JSON reader keeps bytes that are not UTF-8, which then fail when a row is first read; check now
+        for split in ds.values():
+            split.data.validate(full=True)
     except Exception as e:
         bad = _find_bad_line(files)
         if bad:
             raise DataError(bad) from None
-        raise DataError(f"Could not read {path}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+        # `datasets` fails on an empty file with a bare StopIteration, which names neither the file nor the cause
+        blank = [f for f in files if _is_blank(f)]
+        if blank:
+            raise DataError(f"{blank[0]} is empty: it has no rows to train on.") from None
+        reason = str(e).splitlines()[0] if str(e) else "no details"
+        raise DataError(f"Could not read {path}: {type(e).__name__}: {reason}") from None
     return ds
 
 
@@ -265,7 +280,9 @@ def load_data(script_args, stage: str, text_field: str = "text", seed: int = 42)
         size = script_args.eval_split_size
         size = int(size) if size >= 1 else max(1, round(size * len(train)))
         if size >= len(train):
-            raise DataError(f"eval_split_size={script_args.eval_split_size} leaves no training rows out of {len(train)}.")
+            raise DataError(
+                f"{name}: eval_split_size={script_args.eval_split_size} leaves no training rows out of {len(train)}."
+            )
         parts = train.train_test_split(test_size=size, seed=seed)
         splits = {"train": parts["train"], "test": parts["test"]}
     return DatasetDict(splits)

@@ -52,6 +52,9 @@ def load_yaml(path: str) -> dict[str, Any]:
 
 def split_config_arg(args: list[str]) -> tuple[str | None, list[str]]:
     """(`--config` path, the other arguments)."""
+    for i, arg in enumerate(args):
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1], args[:i] + args[i + 1 :]
     if "--config" not in args:
         return None, list(args)
     i = args.index("--config")

@@ -1,0 +1,421 @@
+"""Data loading: each stage's formats are recognised and converted, splits are made, and every problem is a short
+`DataError` naming the file, the row or line, and what was expected."""
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from datasets import Dataset
+
+from alignkit.config import ScriptArguments
+from alignkit.data import detect_format, load_data, load_raw, prepare
+from alignkit.errors import DataError
+
+
+def write_jsonl(path: Path, rows) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+def load(path, stage: str, text_field: str = "text", seed: int = 42, **script_args):
+    script_args.setdefault("eval_split_size", 0)
+    return load_data(ScriptArguments(dataset_name=str(path), **script_args), stage, text_field, seed)
+
+
+def load_error(path, stage: str, text_field: str = "text", **script_args) -> str:
+    """The message of the DataError that loading `path` raises; a user reads it whole, so it is at most 3 lines."""
+    with pytest.raises(DataError) as excinfo:
+        load(path, stage, text_field, **script_args)
+    message = str(excinfo.value)
+    assert len(message.splitlines()) <= 3, message
+    return message
+
+
+def user(text):
+    return {"role": "user", "content": text}
+
+
+def assistant(text):
+    return {"role": "assistant", "content": text}
+
+
+TEXTS = [{"text": f"document {i}"} for i in range(20)]
+CHAT = [user("What is 2+2?"), assistant("4.")]
+
+
+# ------------------------------------------------------------------------------------------ format detection
+@pytest.mark.parametrize(
+    "columns, stage, text_field, expected",
+    [
+        (["text"], "pretrain", "text", "text"),
+        (["body", "id"], "pretrain", "body", "text"),
+        (["messages", "id"], "sft", "text", "messages"),
+        (["prompt", "completion"], "sft", "text", "prompt_completion"),
+        (["text"], "sft", "text", "text"),
+        (["body"], "sft", "body", "text"),
+        (["messages", "text"], "sft", "text", "messages"),
+        (["instruction", "input", "output"], "sft", "text", "instruction+output"),
+        (["question", "answer"], "sft", "text", "answer+question"),
+        (["conversations"], "sft", "text", "conversations"),
+        (["prompt", "chosen", "rejected"], "preference", "text", "preference"),
+        (["chosen", "rejected"], "preference", "text", "preference"),
+        (["prompt"], "prompts", "text", "prompt"),
+        (["messages"], "prompts", "text", "messages"),
+    ],
+)
+def test_each_stages_formats_are_detected_from_the_columns(columns, stage, text_field, expected):
+    assert detect_format(columns, stage, text_field) == expected
+
+
+@pytest.mark.parametrize(
+    "columns, stage, text_field",
+    [
+        (["content"], "pretrain", "text"),
+        (["text"], "pretrain", "body"),  # a custom text field replaces `text`, it does not add to it
+        (["prompt"], "sft", "text"),
+        (["chosen"], "preference", "text"),
+        (["completion"], "prompts", "text"),
+    ],
+)
+def test_columns_that_fit_no_format_of_the_stage_are_rejected_saying_what_is_expected(columns, stage, text_field):
+    with pytest.raises(DataError) as excinfo:
+        detect_format(columns, stage, text_field)
+    assert str(columns) in str(excinfo.value) and f"a {stage} data set needs" in str(excinfo.value)
+
+
+# ---------------------------------------------------------------------------------------- native formats
+def test_pretrain_text_loads_as_a_single_text_column(tmp_path):
+    rows = [{"text": "a b c", "source": "web"}, {"text": "d e f", "source": "book"}]
+    path = write_jsonl(tmp_path / "docs.jsonl", rows)
+    train = load(path, "pretrain")["train"]
+    assert train.column_names == ["text"]
+    assert train["text"] == ["a b c", "d e f"]
+
+
+def test_a_custom_text_field_is_used_for_pretrain_and_sft(tmp_path):
+    path = write_jsonl(tmp_path / "docs.jsonl", [{"body": "one"}, {"body": "two"}])
+    assert load(path, "pretrain", text_field="body")["train"]["body"] == ["one", "two"]
+    assert load(path, "sft", text_field="body")["train"].column_names == ["body"]
+
+
+def test_sft_messages_load_unchanged_and_extra_columns_are_dropped(tmp_path):
+    system = {"role": "system", "content": "Be brief."}
+    path = write_jsonl(tmp_path / "chat.jsonl", [{"messages": [system, *CHAT], "id": 7}])
+    train = load(path, "sft")["train"]
+    assert train.column_names == ["messages"]
+    assert train[0]["messages"] == [system, *CHAT]
+
+
+def test_sft_prompt_completion_loads_as_plain_strings(tmp_path):
+    path = write_jsonl(tmp_path / "pc.jsonl", [{"prompt": "2+2=", "completion": "4", "score": 1.0}])
+    train = load(path, "sft")["train"]
+    assert sorted(train.column_names) == ["completion", "prompt"]
+    assert (train[0]["prompt"], train[0]["completion"]) == ("2+2=", "4")
+
+
+def test_sft_prompt_completion_loads_as_conversations(tmp_path):
+    path = write_jsonl(tmp_path / "pc.jsonl", [{"prompt": [user("2+2?")], "completion": [assistant("4")]}])
+    row = load(path, "sft")["train"][0]
+    assert row["prompt"] == [user("2+2?")] and row["completion"] == [assistant("4")]
+
+
+def test_sft_prompt_and_completion_must_both_be_text_or_both_be_turns(tmp_path):
+    path = write_jsonl(tmp_path / "pc.jsonl", [{"prompt": [user("2+2?")], "completion": "4"}])
+    message = load_error(path, "sft")
+    assert f"{path}, row 1" in message and "both be text or both be lists of turns" in message
+
+
+def test_sft_text_loads_as_raw_text(tmp_path):
+    path = write_jsonl(tmp_path / "t.jsonl", [{"text": "### Q: hi ### A: hello"}])
+    assert load(path, "sft")["train"]["text"] == ["### Q: hi ### A: hello"]
+
+
+def test_preference_pairs_keep_an_explicit_prompt(tmp_path):
+    path = write_jsonl(tmp_path / "pref.jsonl", [{"prompt": "2+2?", "chosen": "4", "rejected": "5", "margin": 1}])
+    train = load(path, "preference")["train"]
+    assert sorted(train.column_names) == ["chosen", "prompt", "rejected"]
+    assert train[0] == {"prompt": "2+2?", "chosen": "4", "rejected": "5"}
+
+
+def test_preference_pairs_with_an_implicit_prompt_are_conversations_sharing_their_start(tmp_path):
+    chosen, rejected = [user("2+2?"), assistant("4")], [user("2+2?"), assistant("5")]
+    path = write_jsonl(tmp_path / "pref.jsonl", [{"chosen": chosen, "rejected": rejected}])
+    train = load(path, "preference")["train"]
+    assert sorted(train.column_names) == ["chosen", "rejected"]
+    assert train[0] == {"chosen": chosen, "rejected": rejected}
+
+
+def test_a_preference_answer_without_an_assistant_turn_is_rejected(tmp_path):
+    path = write_jsonl(tmp_path / "pref.jsonl", [{"chosen": CHAT, "rejected": [user("2+2?")]}])
+    message = load_error(path, "preference")
+    assert f"{path}, row 1" in message and "'rejected' has no assistant turn" in message
+
+
+def test_prompts_load_from_a_prompt_column(tmp_path):
+    rows = [{"prompt": "Tell a joke.", "id": 1}, {"prompt": [user("2+2?")], "id": 2}]
+    path = write_jsonl(tmp_path / "prompts.jsonl", rows)
+    assert load(path, "prompts")["train"].column_names == ["prompt"]
+
+
+# ------------------------------------------------------------------------------------------- conversions
+def test_instruction_input_output_becomes_a_conversational_prompt_and_completion(tmp_path):
+    path = write_jsonl(
+        tmp_path / "alpaca.jsonl",
+        [
+            {"instruction": "Translate to French.", "input": "cat", "output": "chat", "source": "x"},
+            {"instruction": "Name a colour.", "input": "", "output": "Red.", "source": "y"},
+        ],
+    )
+    train = load(path, "sft")["train"]
+    assert sorted(train.column_names) == ["completion", "prompt"]
+    assert train[0]["prompt"] == [user("Translate to French.\n\ncat")]  # input after a blank line
+    assert train[0]["completion"] == [assistant("chat")]
+    assert train[1]["prompt"] == [user("Name a colour.")]  # an empty input adds nothing
+
+
+def test_instruction_output_without_an_input_column_is_converted_too(tmp_path):
+    path = write_jsonl(tmp_path / "alpaca.jsonl", [{"instruction": "Say hi.", "output": "Hi."}])
+    row = load(path, "sft")["train"][0]
+    assert row == {"prompt": [user("Say hi.")], "completion": [assistant("Hi.")]}
+
+
+def test_question_answer_becomes_a_conversational_prompt_and_completion(tmp_path):
+    path = write_jsonl(tmp_path / "qa.jsonl", [{"question": "2+2?", "answer": "4", "difficulty": "easy"}])
+    train = load(path, "sft")["train"]
+    assert train.column_names == ["prompt", "completion"]
+    assert train[0] == {"prompt": [user("2+2?")], "completion": [assistant("4")]}
+
+
+def test_sharegpt_conversations_become_messages_with_standard_roles(tmp_path):
+    conversations = [
+        {"from": "system", "value": "Be brief."},
+        {"from": "human", "value": "2+2?"},
+        {"from": "gpt", "value": "4"},
+    ]
+    path = write_jsonl(tmp_path / "sharegpt.jsonl", [{"conversations": conversations, "id": "a1"}])
+    train = load(path, "sft")["train"]
+    assert train.column_names == ["messages"]
+    assert train[0]["messages"] == [{"role": "system", "content": "Be brief."}, user("2+2?"), assistant("4")]
+
+
+def test_a_sharegpt_turn_from_an_unknown_speaker_is_rejected_with_its_row(tmp_path):
+    rows = [{"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}]}] * 2
+    rows.append({"conversations": [{"from": "human", "value": "hi"}, {"from": "bot", "value": "yo"}]})
+    path = write_jsonl(tmp_path / "sharegpt.jsonl", rows)
+    message = load_error(path, "sft")
+    assert f"{path}, row 3" in message and "unknown role 'bot'" in message
+
+
+# ---------------------------------------------------------------------------------------- shape errors
+def test_wrong_columns_name_the_file_the_columns_found_and_what_is_expected(tmp_path):
+    path = write_jsonl(tmp_path / "data.jsonl", [{"foo": "x", "bar": "y"}])
+    message = load_error(path, "sft")
+    assert str(path) in message
+    assert "['bar', 'foo']" in message
+    assert "'messages'" in message and "'prompt' + 'completion'" in message
+
+
+def test_an_empty_cell_in_a_required_column_names_its_row(tmp_path):
+    rows = [{"prompt": "a", "completion": "b"}] * 2 + [{"prompt": "c", "completion": ""}]
+    path = write_jsonl(tmp_path / "pc.jsonl", rows)
+    message = load_error(path, "sft")
+    assert f"{path}, row 3" in message and "'completion' is empty" in message
+
+
+def test_a_missing_value_in_a_required_column_names_its_row(tmp_path):
+    path = write_jsonl(tmp_path / "docs.jsonl", [{"text": "a"}, {"other": "b"}])
+    message = load_error(path, "pretrain")
+    assert f"{path}, row 2" in message and "'text' is empty" in message
+
+
+@pytest.mark.parametrize(
+    "turns, problem",
+    [
+        ([{"content": "hi"}, assistant("yo")], "needs 'role' and 'content'"),
+        ([{"role": "bot", "content": "hi"}, assistant("yo")], "unknown role 'bot'"),
+        ([user("hi"), user("anyone?")], "no assistant turn"),
+    ],
+    ids=["no-role", "unknown-role", "no-assistant"],
+)
+def test_a_malformed_messages_turn_is_rejected_with_its_row(tmp_path, turns, problem):
+    path = write_jsonl(tmp_path / "chat.jsonl", [{"messages": CHAT}, {"messages": turns}])
+    message = load_error(path, "sft")
+    assert f"{path}, row 2" in message and problem in message
+
+
+def test_errors_in_a_folders_test_split_name_the_test_file(tmp_path):
+    write_jsonl(tmp_path / "data" / "train.jsonl", TEXTS)
+    test = write_jsonl(tmp_path / "data" / "test.jsonl", [{"text": "fine"}, {"text": ""}])
+    message = load_error(tmp_path / "data", "pretrain")
+    assert f"{test}, row 2" in message
+
+
+def test_zero_rows_is_an_error_naming_the_source():
+    with pytest.raises(DataError, match=r"^my-data is empty"):
+        prepare(Dataset.from_dict({"text": []}), "pretrain", "my-data")
+
+
+# ----------------------------------------------------------------------------------------- file errors
+def test_a_malformed_jsonl_line_is_reported_with_its_line_number(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"text": "a"}\n{"text": "b"}\n{"text": oops}\n{"text": "d"}\n', encoding="utf-8")
+    message = load_error(path, "pretrain")
+    assert f"{path}, line 3" in message and "malformed JSON" in message
+
+
+def test_bytes_that_are_not_utf8_are_reported_with_their_line_number(tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(b'{"text": "a"}\n{"text": "b"}\n{"text": "caf\xe9"}\n')
+    message = load_error(path, "pretrain")
+    assert f"{path}, line 3" in message and "UTF-8" in message
+
+
+def test_non_utf8_text_files_are_reported_with_their_line_number(tmp_path):
+    path = tmp_path / "latin1.txt"
+    path.write_bytes(b"one\ntwo\ncaf\xe9\n")
+    message = load_error(path, "pretrain")
+    assert f"{path}, line 3" in message and "UTF-8" in message
+
+
+def test_a_jsonl_line_that_is_a_list_not_an_object_is_reported(tmp_path):
+    path = tmp_path / "list.jsonl"
+    path.write_text('{"text": "a"}\n["text", "b"]\n', encoding="utf-8")
+    message = load_error(path, "pretrain")
+    assert f"{path}, line 2" in message and "must be an object" in message
+
+
+@pytest.mark.parametrize(
+    "name, content", [("empty.jsonl", ""), ("blank.jsonl", "\n\n"), ("empty.csv", ""), ("empty.txt", "")]
+)
+def test_an_empty_file_is_reported_as_empty(tmp_path, name, content):
+    path = tmp_path / name
+    path.write_text(content, encoding="utf-8")
+    message = load_error(path, "pretrain")
+    assert message == f"{path} is empty: it has no rows to train on."
+
+
+def test_a_missing_file_is_named(tmp_path):
+    path = tmp_path / "nope.jsonl"
+    message = load_error(path, "sft")
+    assert "not found" in message and str(path) in message
+
+
+def test_an_unsupported_file_type_is_named_with_the_supported_ones(tmp_path):
+    path = tmp_path / "data.xlsx"
+    path.write_bytes(b"PK\x03\x04")
+    message = load_error(path, "sft")
+    assert str(path) in message and "'.xlsx'" in message and ".jsonl" in message
+
+
+def test_a_folder_without_data_files_is_named(tmp_path):
+    (tmp_path / "notes.md").write_text("no data here", encoding="utf-8")
+    message = load_error(tmp_path, "sft")
+    assert f"{tmp_path} holds no data files" in message
+
+
+def test_no_dataset_name_asks_for_one():
+    with pytest.raises(DataError, match="No data set given"):
+        load_raw(None)
+
+
+def test_a_hub_id_that_cannot_be_reached_offline_fails_fast_naming_the_hub(monkeypatch):
+    import datasets
+    import huggingface_hub
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # Both libraries read HF_HUB_OFFLINE once, at import: set their copies too, or a run started without the
+    # variable retries the network for ~20 s before failing.
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    start = time.monotonic()
+    message = load_error("alignkit-tests/no-such-dataset", "sft")
+    assert time.monotonic() - start < 10
+    assert "'alignkit-tests/no-such-dataset'" in message and "Hugging Face Hub" in message
+
+
+def test_a_missing_train_split_names_the_splits_there_are(tmp_path):
+    path = write_jsonl(tmp_path / "docs.jsonl", TEXTS)
+    message = load_error(path, "pretrain", dataset_train_split="training")
+    assert str(path) in message and "no 'training' split" in message and "['train']" in message
+
+
+@pytest.mark.parametrize("size", [3, 0.99])
+def test_an_eval_split_size_that_leaves_no_training_rows_is_rejected(tmp_path, size):
+    path = write_jsonl(tmp_path / "docs.jsonl", TEXTS[:3])
+    message = load_error(path, "pretrain", eval_split_size=size)
+    assert str(path) in message and f"eval_split_size={size}" in message and "no training rows" in message
+
+
+# ---------------------------------------------------------------------------------------------- file types
+def test_a_json_file_holding_a_list_of_objects_loads(tmp_path):
+    path = tmp_path / "docs.json"
+    path.write_text(json.dumps([{"text": "a"}, {"text": "b"}]), encoding="utf-8")
+    assert load(path, "pretrain")["train"]["text"] == ["a", "b"]
+
+
+def test_a_csv_file_loads_and_its_extra_columns_are_dropped(tmp_path):
+    path = tmp_path / "pc.csv"
+    path.write_text("prompt,completion,notes\nTwo plus two is,four,easy\nThree plus three is,six,\n", encoding="utf-8")
+    train = load(path, "sft")["train"]
+    assert sorted(train.column_names) == ["completion", "prompt"]
+    assert train["completion"] == ["four", "six"]
+
+
+def test_a_parquet_file_loads(tmp_path):
+    path = tmp_path / "qa.parquet"
+    Dataset.from_list([{"question": "2+2?", "answer": "4"}, {"question": "3+3?", "answer": "6"}]).to_parquet(str(path))
+    train = load(path, "sft")["train"]
+    assert train[1] == {"prompt": [user("3+3?")], "completion": [assistant("6")]}
+
+
+def test_a_txt_file_is_pretraining_text_one_row_per_line(tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_text("The fox is red.\nThe sky is blue.\nGrass is green.\n", encoding="utf-8")
+    assert load(path, "pretrain")["train"]["text"] == ["The fox is red.", "The sky is blue.", "Grass is green."]
+
+
+def test_blank_lines_in_a_txt_file_are_separators_not_empty_rows(tmp_path):
+    path = tmp_path / "prose.txt"
+    path.write_text("Para one.\n\nPara two.\n  \n", encoding="utf-8")
+    assert load(path, "pretrain")["train"]["text"] == ["Para one.", "Para two."]
+
+
+def test_a_folder_with_train_and_test_files_uses_both_and_keeps_test_separate(tmp_path):
+    write_jsonl(tmp_path / "data" / "train.jsonl", TEXTS)
+    write_jsonl(tmp_path / "data" / "test.jsonl", [{"text": "held out 1"}, {"text": "held out 2"}])
+    splits = load(tmp_path / "data", "pretrain", eval_split_size=0.25)  # a test file wins over eval_split_size
+    assert sorted(splits) == ["test", "train"]
+    assert splits["train"]["text"] == [r["text"] for r in TEXTS]
+    assert splits["test"]["text"] == ["held out 1", "held out 2"]
+
+
+# -------------------------------------------------------------------------------------------------- splits
+def test_eval_split_size_holds_out_a_fraction_deterministically_and_disjointly(tmp_path):
+    path = write_jsonl(tmp_path / "docs.jsonl", TEXTS)
+    first = load(path, "pretrain", seed=0, eval_split_size=0.25)
+    again = load(path, "pretrain", seed=0, eval_split_size=0.25)
+    assert (len(first["train"]), len(first["test"])) == (15, 5)
+    assert first["test"]["text"] == again["test"]["text"] and first["train"]["text"] == again["train"]["text"]
+    assert not set(first["train"]["text"]) & set(first["test"]["text"])
+    assert set(first["train"]["text"]) | set(first["test"]["text"]) == {r["text"] for r in TEXTS}
+    other_seed = load(path, "pretrain", seed=1, eval_split_size=0.25)
+    assert set(other_seed["test"]["text"]) != set(first["test"]["text"])
+
+
+def test_eval_split_size_zero_gives_no_test_split(tmp_path):
+    splits = load(write_jsonl(tmp_path / "docs.jsonl", TEXTS), "pretrain", eval_split_size=0)
+    assert list(splits) == ["train"] and len(splits["train"]) == 20
+
+
+@pytest.mark.parametrize("size", [3, 3.0])
+def test_an_eval_split_size_of_one_or_more_is_a_row_count(tmp_path, size):
+    splits = load(write_jsonl(tmp_path / "docs.jsonl", TEXTS), "pretrain", eval_split_size=size)
+    assert (len(splits["train"]), len(splits["test"])) == (17, 3)
+
+
+def test_the_default_eval_split_holds_out_at_least_one_row(tmp_path):
+    # 5% of 4 rows rounds to 0; one row is still held out so evaluation has something to score.
+    splits = load_data(ScriptArguments(dataset_name=str(write_jsonl(tmp_path / "d.jsonl", TEXTS[:4]))), "pretrain")
+    assert (len(splits["train"]), len(splits["test"])) == (3, 1)
