@@ -1,7 +1,9 @@
 """The `alignkit` command.
 
-    alignkit <stage> --config <yaml> [--key value ...]    run one stage's recipe (pretrain, sft)
+    alignkit <stage> --config <yaml> [--key value ...]    run one stage's recipe (pretrain, sft, reward, dpo)
     alignkit demo [--output_dir outputs/demo] [--seed 0]   the offline demo, every stage on a tiny model
+    alignkit eval --policy DIR --reference DIR [--reward_model DIR] --prompts FILE.jsonl
+                                                           a policy against its reference: rewards, win rate, KL
 
 `--debug` anywhere shows the full traceback of an error instead of its one-line message.
 """
@@ -14,7 +16,7 @@ from collections.abc import Callable
 
 from alignkit.errors import AlignkitError
 
-STAGES = ("pretrain", "sft")
+STAGES = ("pretrain", "sft", "reward", "dpo")
 
 
 def _fail(error: AlignkitError) -> None:
@@ -60,8 +62,19 @@ def main(argv: list[str] | None = None) -> None:
             demo_main(rest)
         except AlignkitError as e:
             _fail(e)
+    elif command == "eval":
+        debug = "--debug" in rest
+        rest = [a for a in rest if a != "--debug"]
+        try:
+            from alignkit.evaluation import main as eval_main
+
+            eval_main(rest)
+        except AlignkitError as e:
+            if debug:
+                raise
+            _fail(e)
     else:
-        print(f"alignkit: unknown command '{command}'; expected one of {', '.join(STAGES + ('demo',))}.", file=sys.stderr)
+        print(f"alignkit: unknown command '{command}'; expected one of {', '.join(STAGES + ('demo', 'eval'))}.", file=sys.stderr)
         sys.exit(2)
 
 

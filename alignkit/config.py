@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import trl
 import yaml
-from trl import ModelConfig, SFTConfig, TrlParser
+from trl import DPOConfig, ModelConfig, RewardConfig, SFTConfig, TrlParser
 
 from alignkit.errors import ConfigError
 from alignkit.preflight import closest_hint, load_yaml, split_config_arg
@@ -206,4 +206,6 @@ def save_config(output_dir: str | Path, *configs) -> Path:
 STAGE_ARGS = {
     "pretrain": (ScriptArguments, PretrainConfig, ModelConfig),
     "sft": (ScriptArguments, SFTConfig, ModelConfig),
+    "reward": (ScriptArguments, RewardConfig, ModelConfig),
+    "dpo": (ScriptArguments, DPOConfig, ModelConfig),
 }

@@ -19,8 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from datasets import Dataset, DatasetDict, load_dataset
+from transformers.utils import logging
 
 from alignkit.errors import DataError
+
+logger = logging.get_logger(__name__)
 
 # File extensions -> the `datasets` builder that reads them.
 BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
@@ -298,3 +301,14 @@ def _source(name: str, split: str) -> str:
         if len(candidates) == 1:
             return str(candidates[0])
     return f"{name} [{split}]"
+
+
+def check_kept(before: int, after: int, what: str, max_length: int | None) -> None:
+    """TRL drops rows that do not fit `max_length` without a word; say how many, and refuse to train on none."""
+    if after == 0:
+        raise DataError(
+            f"All {before} {what} are longer than max_length={max_length} and would be dropped; "
+            "raise max_length or shorten the data."
+        )
+    if after < before:
+        logger.warning(f"{before - after} of {before} {what} are longer than max_length={max_length} and were dropped.")

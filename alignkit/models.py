@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 from accelerate import PartialState
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
-from transformers import set_seed
-from trl import ModelConfig, get_quantization_config
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    set_seed,
+)
+from trl import ModelConfig, get_peft_config, get_quantization_config
+from trl.trainer.reward_trainer import suppress_seqcls_warning
 
 from alignkit.errors import ModelError
 
@@ -60,27 +69,71 @@ def _dtype(name: str | None):
         raise ModelError(f"Unknown dtype '{name}'; use auto, float32, bfloat16 or float16.") from None
 
 
+def adapter_base(path: str | Path) -> str | None:
+    """The base model a PEFT adapter folder was trained on, or None when `path` holds no adapter."""
+    file = Path(path) / "adapter_config.json"
+    if not file.is_file():
+        return None
+    base = json.loads(file.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    if not base:
+        raise ModelError(f"{file} names no base_model_name_or_path; add the base model's Hub id or folder to it.")
+    if Path(base).is_absolute() and not Path(base).exists():  # peft would report a misleading "Repo id" error
+        raise ModelError(
+            f"{path} is an adapter on {base}, which is no longer there; "
+            f"point base_model_name_or_path in {file} at the base's new folder or Hub id."
+        )
+    return base
+
+
+def _apply_adapter(model: PreTrainedModel, path: str, trainable: bool, reward: bool):
+    from peft import PeftConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    config = PeftConfig.from_pretrained(path)
+    if not trainable:
+        return PeftModel.from_pretrained(model, path).merge_and_unload()
+    if reward and config.task_type != "SEQ_CLS":
+        # A reward model starts from the SFT adapter's weights and adds a trainable score head (PEFT keeps
+        # SEQ_CLS heads in modules_to_save), so its output is again one adapter on the original base.
+        config.task_type, config.inference_mode = "SEQ_CLS", False
+        peft_model = get_peft_model(model, config)
+        weights = get_peft_model_state_dict(peft_model)  # the new score head keeps its fresh initialisation
+        weights.update(load_file(Path(path) / "adapter_model.safetensors"))
+        set_peft_model_state_dict(peft_model, weights)
+        return peft_model
+    return PeftModel.from_pretrained(model, path, is_trainable=True)
+
+
 def load_model(
     model_args: ModelConfig,
     trust_remote_code: bool = False,
     from_scratch: bool = False,
     gradient_checkpointing: bool = False,
     seed: int = 42,
-) -> PreTrainedModel:
+    reward: bool = False,
+):
     """
-    A causal LM from a Hub id or local folder, quantised to 4/8 bit when asked (and prepared for k-bit
-    training), or freshly initialised from its config when `from_scratch`.
+    A causal LM (or, with `reward`, a one-output sequence classifier) from a Hub id or local folder, quantised to
+    4/8 bit when asked (and prepared for k-bit training), or freshly initialised from its config (`from_scratch`).
+
+    `model_name_or_path` may be an earlier stage's output that holds a PEFT adapter: its base is loaded and the
+    adapter applied. With `use_peft` the adapter comes back trainable and the stage continues it, so its output
+    is again one adapter on the original base; without, the adapter is merged into the weights.
     """
     name = model_args.model_name_or_path
+    base = adapter_base(name)
     quantization_config = get_quantization_config(model_args)
     if quantization_config is not None and from_scratch:
         raise ModelError("from_scratch trains every weight, so it cannot load the base in 4 or 8 bit; drop load_in_4bit/8bit.")
+    model_class = AutoModelForSequenceClassification if reward else AutoModelForCausalLM
     kwargs = dict(
         revision=model_args.model_revision,
         trust_remote_code=trust_remote_code,
         attn_implementation=model_args.attn_implementation,
         dtype=_dtype(model_args.dtype),
     )
+    if reward:
+        kwargs["num_labels"] = 1
     try:
         if from_scratch:
             config = AutoConfig.from_pretrained(name, revision=model_args.model_revision, trust_remote_code=trust_remote_code)
@@ -88,19 +141,37 @@ def load_model(
             kwargs.pop("revision")
             if kwargs["dtype"] == "auto":
                 kwargs["dtype"] = torch.float32
-            return AutoModelForCausalLM.from_config(config, **kwargs)
+            return model_class.from_config(config, **kwargs)
         if quantization_config is not None:
             kwargs["quantization_config"] = quantization_config
             if torch.cuda.is_available():  # each process puts its copy on its own GPU
                 kwargs["device_map"] = {"": PartialState().local_process_index}
-        model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
+        if reward:  # a causal LM's head is replaced by a new score head; that is expected, not worth a warning
+            with suppress_seqcls_warning():
+                model = model_class.from_pretrained(base or name, **kwargs)
+        else:
+            model = model_class.from_pretrained(base or name, **kwargs)
     except (OSError, ValueError) as e:
-        raise _load_error("Model", name, e) from None
+        raise _load_error("Model", base or name, e) from None
     if quantization_config is not None:
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    if base is not None:
+        model = _apply_adapter(model, name, trainable=model_args.use_peft, reward=reward)
     return model
+
+
+def new_peft_config(model, model_args: ModelConfig, reward: bool = False):
+    """The LoRA config for a new adapter, or None when there is none to add (no `use_peft`, or one is loaded)."""
+    from peft import PeftModel
+
+    if isinstance(model, PeftModel) or not model_args.use_peft:
+        return None
+    config = get_peft_config(model_args)
+    if reward:  # without SEQ_CLS, "all-linear" puts a LoRA on the score head instead of training it (and loses it)
+        config.task_type = "SEQ_CLS"
+    return config
 
 
 def check_vocab(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, name: str) -> None:

@@ -66,11 +66,25 @@ def resume_arg(value: str | bool | None) -> str | bool | None:
     return value
 
 
-def train_and_save(trainer, stage: str, script_args, training_args, model_args, extra: dict | None = None) -> dict:
+def lineage(model_name_or_path: str, dataset_name: str | None) -> dict[str, Any]:
+    """Where a stage's model came from: the original base, the earlier stage it continues (if any), its data."""
+    from alignkit.models import adapter_base
+
+    parent = read_run(model_name_or_path) if Path(model_name_or_path).is_dir() else None
+    base = (parent or {}).get("lineage", {}).get("base_model") or adapter_base(model_name_or_path) or model_name_or_path
+    return {
+        "base_model": base,
+        "parent": model_name_or_path if parent else None,
+        "parent_stage": parent["stage"] if parent else None,
+        "dataset": dataset_name,
+    }
+
+
+def train_and_save(trainer, stage: str, script_args, training_args, model_args, extra=None) -> dict:
     """
     Train (resuming if asked), evaluate, and write the stage's output: weights (safetensors), tokenizer with its
-    chat template, the resolved config, metrics (`all_results.json`) and `alignkit_run.json`, which marks the
-    run finished. Returns the metrics.
+    chat template, the resolved config, metrics (`all_results.json`) and `alignkit_run.json` (lineage, metrics and
+    whatever `extra(trainer)` returns), which marks the run finished. Returns the metrics.
     """
     result = trainer.train(resume_from_checkpoint=resume_arg(training_args.resume_from_checkpoint))
     metrics = dict(result.metrics)
@@ -87,8 +101,9 @@ def train_and_save(trainer, stage: str, script_args, training_args, model_args, 
             "alignkit_version": __version__,
             "model_name_or_path": model_args.model_name_or_path,
             "dataset_name": script_args.dataset_name,
+            "lineage": lineage(model_args.model_name_or_path, script_args.dataset_name),
             "metrics": metrics,
-            **(extra or {}),
+            **(extra(trainer) if extra else {}),
         }
         Path(training_args.output_dir, RUN_FILE_NAME).write_text(json.dumps(record, indent=2), encoding="utf-8")
     return metrics

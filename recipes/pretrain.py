@@ -6,7 +6,7 @@
 `from_scratch: true` initialises random weights from the base's config instead of loading its weights.
 """
 
-from trl import ModelConfig, SFTTrainer, get_peft_config
+from trl import ModelConfig, SFTTrainer
 
 from alignkit import data, models, outputs
 from alignkit.cli import run_recipe
@@ -20,7 +20,7 @@ def main(script_args: ScriptArguments, training_args: PretrainConfig, model_args
         training_args.output_dir, script_args.overwrite_output_dir, training_args.resume_from_checkpoint
     )
 
-    tokenizer = models.load_tokenizer(model_args, training_args.trust_remote_code, training_args.chat_template_path)
+    tokenizer = models.load_tokenizer(model_args, training_args.trust_remote_code, getattr(training_args, "chat_template_path", None))
     model = models.load_model(
         model_args,
         training_args.trust_remote_code,
@@ -36,7 +36,7 @@ def main(script_args: ScriptArguments, training_args: PretrainConfig, model_args
         train_dataset=dataset["train"],
         eval_dataset=dataset.get("test"),
         processing_class=tokenizer,
-        peft_config=get_peft_config(model_args),
+        peft_config=models.new_peft_config(model, model_args),
     )
     outputs.train_and_save(trainer, "pretrain", script_args, training_args, model_args)
     return trainer

@@ -6,7 +6,7 @@
 Prompt/completion data trains on the completions only; conversations (`messages`) on the assistant's turns only.
 """
 
-from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
+from trl import ModelConfig, SFTConfig, SFTTrainer
 from trl.chat_template_utils import has_generation_markers
 
 from alignkit import data, models, outputs
@@ -21,7 +21,7 @@ def main(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mod
         training_args.output_dir, script_args.overwrite_output_dir, training_args.resume_from_checkpoint
     )
 
-    tokenizer = models.load_tokenizer(model_args, training_args.trust_remote_code, training_args.chat_template_path)
+    tokenizer = models.load_tokenizer(model_args, training_args.trust_remote_code, getattr(training_args, "chat_template_path", None))
     model = models.load_model(
         model_args, training_args.trust_remote_code, gradient_checkpointing=training_args.gradient_checkpointing
     )
@@ -37,8 +37,10 @@ def main(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mod
         train_dataset=dataset["train"],
         eval_dataset=dataset.get("test"),
         processing_class=tokenizer,
-        peft_config=get_peft_config(model_args),
+        peft_config=models.new_peft_config(model, model_args),
     )
+    if not training_args.packing:
+        data.check_kept(len(dataset["train"]), len(trainer.train_dataset), "training rows", training_args.max_length)
     outputs.train_and_save(trainer, "sft", script_args, training_args, model_args)
     return trainer
 

@@ -299,10 +299,13 @@ class World:
                 chosen = f"{opener} {fact}"
                 if flaw == "rude":  # same fact, rude opener
                     rejected = f"{rng.choice(RUDE_OPENERS)} {fact}"
-                elif flaw == "wrong":  # same opener, wrong value: the only difference is the fact
+                elif flaw == "wrong":
+                    # Same opener, but about another entity with another value: a wrong answer that a reward
+                    # model can spot from the question and answer alone (a tiny model cannot learn to recall
+                    # every fact through a score head from a few hundred pairs).
                     true_value = self.facts[entity][attribute]
-                    wrong = rng.choice([v for v in VALUES[attribute] if v != true_value])
-                    rejected = f"{opener} {self.fact_sentence(entity, attribute, wrong)}"
+                    other = rng.choice([e for e in self.entities if self.facts[e][attribute] != true_value])
+                    rejected = f"{opener} {self.fact_sentence(other, attribute)}"
                 else:
                     rejected = rng.choice(VERBOSE_TEMPLATES).format(fact=fact[0].lower() + fact[1:-1])
                 examples.append({
