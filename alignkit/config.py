@@ -45,6 +45,9 @@ class ScriptArguments(trl.ScriptArguments):
         from_scratch (`bool`, *optional*, defaults to `False`):
             Initialise random weights from `model_name_or_path`'s config instead of loading its weights
             (pretraining a new model).
+        prompt_truncation (`str`, *optional*, defaults to `"left"`):
+            Reward stage: `"left"` cuts the start of prompts so pairs fit `max_length` (long dialogues keep their
+            latest turns); `"none"` keeps TRL's behaviour of dropping pairs that do not fit.
     """
 
     eval_split_size: float = field(
@@ -57,6 +60,11 @@ class ScriptArguments(trl.ScriptArguments):
     from_scratch: bool = field(
         default=False,
         metadata={"help": "Initialise random weights from the model's config instead of loading its weights."},
+    )
+    prompt_truncation: str = field(
+        default="left",
+        metadata={"help": "Reward stage: 'left' cuts prompts from the start to fit max_length; 'none' drops such pairs.",
+                  "choices": ["left", "none"]},
     )
 
     def __post_init__(self):

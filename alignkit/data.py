@@ -312,3 +312,40 @@ def check_kept(before: int, after: int, what: str, max_length: int | None) -> No
         )
     if after < before:
         logger.warning(f"{before - after} of {before} {what} are longer than max_length={max_length} and were dropped.")
+
+
+def truncate_prompts(dataset: Dataset, tokenizer, max_length: int) -> Dataset:
+    """
+    Cut the start of each preference pair's prompt so the pair fits `max_length` tokens with its longer answer:
+    a long dialogue keeps its latest turns instead of being dropped whole, which is what TRL's reward trainer
+    does to pairs that do not fit. Implicit prompts are made explicit first.
+    """
+    from trl.data_utils import maybe_extract_prompt
+
+    def length(prompt, answer) -> int:
+        if _conversational(answer):
+            return len(tokenizer.apply_chat_template(prompt + answer, tokenize=True))
+        return len(tokenizer(prompt + answer)["input_ids"]) + 1  # + the EOS the trainer appends
+
+    def cut(row):
+        row = maybe_extract_prompt(row)
+        prompt = row["prompt"]
+        fits = lambda p: max(length(p, row["chosen"]), length(p, row["rejected"])) <= max_length  # noqa: E731
+        if fits(prompt):
+            return {**row, "cut": False}
+        if _conversational(prompt):  # drop whole turns from the start, keeping a system message
+            system = [t for t in prompt[:1] if t["role"] == "system"]
+            turns = prompt[len(system) :]
+            while len(turns) > 1 and not fits(system + turns):
+                turns = turns[1:]
+            prompt = system + turns
+        else:  # keep the prompt's last tokens (two spare for re-tokenising across the cut)
+            ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            spare = max_length - max(length("", row["chosen"]), length("", row["rejected"])) - 2
+            prompt = tokenizer.decode(ids[-spare:], skip_special_tokens=True) if spare > 0 else prompt
+        return {"prompt": prompt, "chosen": row["chosen"], "rejected": row["rejected"], "cut": True}
+
+    cut_rows = dataset.map(cut, remove_columns=dataset.column_names)
+    if n_cut := sum(cut_rows["cut"]):
+        logger.warning(f"{n_cut} of {len(dataset)} prompts were cut from the left to fit max_length={max_length}.")
+    return cut_rows.remove_columns("cut")

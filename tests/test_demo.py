@@ -32,8 +32,23 @@ def test_demo_sft_answers_held_out_questions_and_copies_the_datas_manners(demo, 
     assert all(0 <= on_disk["stages"]["sft"][k] <= 1 for k in ("gold_correctness", "gold_politeness", "gold_concision"))
 
 
+def test_demo_reward_model_ranks_held_out_pairs(demo):
+    report, _ = demo
+    assert report["stages"]["reward"]["eval_accuracy"] >= 0.95
+
+
+def test_demo_dpo_makes_the_model_polite_without_losing_facts(demo):
+    report, _ = demo
+    sft, dpo = report["stages"]["sft"], report["stages"]["dpo"]
+    assert dpo["gold_politeness"] >= 0.9
+    assert dpo["gold_correctness"] >= sft["gold_correctness"] - 0.05
+    assert dpo["rm_win_rate_vs_sft"] > 0.5  # the reward model prefers the DPO answers
+    assert 0 < dpo["kl_to_sft"] < 1.0  # moved away from SFT, but not far
+
+
 def test_a_second_demo_run_skips_finished_stages_and_reports_the_same(demo):
     report, out = demo
     again = run.main(["--output_dir", str(out)])
-    assert again["stages"]["sft"]["train_seconds"] is None
-    assert again["stages"]["sft"]["gold_correctness"] == report["stages"]["sft"]["gold_correctness"]
+    assert all(stage["train_seconds"] is None for stage in again["stages"].values())
+    for name in ("sft", "dpo"):
+        assert again["stages"][name]["gold_correctness"] == report["stages"][name]["gold_correctness"]

@@ -22,10 +22,11 @@ from alignkit.config import STAGE_ARGS, parse_args
 from alignkit.demo.base import make_base
 from alignkit.demo.judge import GoldJudge
 from alignkit.demo.world import World, make_world, write_world
-from alignkit.evaluation import generate, load_for_inference
+from alignkit.evaluation import evaluate_policy, generate, gold_judge, load_for_inference
 
-# The stages the demo runs, in order; each trains from the previous one's output.
-STAGES = ["pretrain", "sft"]
+# The stages the demo runs, in order, with the stage whose output each one starts from.
+STAGES = {"pretrain": "base", "sft": "pretrain", "reward": "sft", "dpo": "sft"}
+STAGE_DATA = {"pretrain": "pretrain", "sft": "sft", "reward": "preference", "dpo": "preference"}
 
 
 def config_path(stage: str) -> Path:
@@ -69,19 +70,37 @@ def load_heldout(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "data" / "heldout_prompts.jsonl").read_text().splitlines()]
 
 
+def policy_report(world_seed: int, out: Path, stage: str, heldout: list[dict]) -> dict:
+    """A preference-tuned policy against the SFT model it started from, on the held-out questions."""
+    result = evaluate_policy(out / stage, out / "sft", heldout, out / "reward", max_new_tokens=40, judge=gold_judge(world_seed))
+    rates = {k: v for k, v in result["policy"].items() if k.startswith("gold_")}
+    examples = [{"question": ex["prompt"][-1]["content"], "answer": ex["policy"]} for ex in result["examples"]]
+    return {
+        **rates,
+        "kl_to_sft": result["kl_per_token"],
+        "rm_win_rate_vs_sft": result["win_rate"],
+        "rm_score": result["policy"]["reward_mean"],
+        "sft_rm_score": result["reference"]["reward_mean"],
+        "examples": examples,
+    }
+
+
 def print_report(report: dict) -> None:
     stages = report["stages"]
-    if "pretrain" in stages:
-        p = stages["pretrain"]
-        print(f"pretrain  held-out perplexity {p['perplexity_before']:.1f} -> {p['perplexity_after']:.2f}")
+    header = f"{'stage':<9}{'perplexity':>18}{'RM acc':>8}{'correct':>9}{'polite':>8}{'concise':>9}{'RM win':>8}{'KL':>7}"
+    print(header)
     for name, s in stages.items():
-        if "gold_correctness" in s:
-            print(
-                f"{name:<9} gold correctness {s['gold_correctness']:.2f}  politeness {s['gold_politeness']:.2f}  "
-                f"concision {s['gold_concision']:.2f}"
-            )
-            for ex in s["examples"][:2]:
-                print(f"          Q: {ex['question']}  A: {ex['answer']}")
+        cells = [
+            f"{s['perplexity_before']:.0f} -> {s['perplexity_after']:.2f}" if "perplexity_after" in s else "",
+            f"{s['eval_accuracy']:.2f}" if "eval_accuracy" in s else "",
+            *(f"{s[k]:.2f}" if k in s else "" for k in ("gold_correctness", "gold_politeness", "gold_concision")),
+            *(f"{s[k]:.2f}" if s.get(k) is not None else "" for k in ("rm_win_rate_vs_sft", "kl_to_sft")),
+        ]
+        widths = (18, 8, 9, 8, 9, 8, 7)
+        print(f"{name:<9}" + "".join(f"{c:>{w}}" for c, w in zip(cells, widths)))
+    for name, s in stages.items():
+        for ex in s.get("examples", [])[:1]:
+            print(f"{name:<9}Q: {ex['question']}  A: {ex['answer']}")
     print(f"total {report['wall_seconds']:.0f} s")
 
 
@@ -104,16 +123,19 @@ def main(argv: list[str] | None = None) -> dict:
     heldout = load_heldout(out)
 
     report: dict = {"seed": opts.seed, "stages": {}}
-    inputs = {"pretrain": (base, data["pretrain"]), "sft": (out / "pretrain", data["sft"])}
-    for stage in STAGES:
-        model, dataset = inputs[stage]
+    for stage, parent in STAGES.items():
         t0 = time.time()
-        record, trained = run_stage(stage, out, model, dataset)
+        record, trained = run_stage(stage, out, out / parent, data[STAGE_DATA[stage]])
         entry = {"train_seconds": round(time.time() - t0, 1) if trained else None, "metrics": record["metrics"]}
         if stage == "pretrain":
             entry.update(pretrain_report(out / stage))
-        else:
+        elif stage == "sft":
             entry.update(gold_report(world, out / stage, heldout))
+        elif stage == "reward":
+            stats = record["reward_stats"]  # exact pairwise accuracy on the held-out pairs
+            entry.update(eval_accuracy=stats["accuracy"], eval_margin=stats["margin"], prefers_longer=stats["prefers_longer"])
+        else:
+            entry.update(policy_report(opts.seed, out, stage, heldout))
         report["stages"][stage] = entry
         print(f"[demo] {stage}: {'trained' if trained else 'already complete, skipped'}", flush=True)
 

@@ -89,3 +89,27 @@ def test_a_reward_model_can_start_from_an_sft_adapter_and_stays_one_adapter_on_t
     record = json.loads((out / "alignkit_run.json").read_text())
     assert record["lineage"]["parent_stage"] == "sft" and record["lineage"]["base_model"] == str(tiny_base)
     assert models.load_model(ModelConfig(model_name_or_path=str(out)), reward=True).score.weight.shape[0] == 1
+
+
+def test_long_prompts_are_cut_from_the_left_so_pairs_are_kept_not_dropped(tiny_base, tmp_path):
+    from alignkit.models import load_tokenizer
+
+    tokenizer = load_tokenizer(ModelConfig(model_name_or_path=str(tiny_base)))
+    history = " ".join(["The fox is red."] * 40)
+    rows = [{"prompt": history + f" Question {i}: what color is the fox?", "chosen": " Red.", "rejected": " Blue, you fool."}
+            for i in range(8)]
+    path = write_jsonl(tmp_path / "long.jsonl", rows)
+    from datasets import load_dataset
+
+    from alignkit import data
+
+    cut = data.truncate_prompts(load_dataset("json", data_files=str(path))["train"], tokenizer, 48)
+    for row in cut:
+        assert row["prompt"].endswith("what color is the fox?")  # the latest words survive
+        assert len(tokenizer(row["prompt"] + row["rejected"])["input_ids"]) + 1 <= 48
+    kept = run_stage("reward", *reward_args(tiny_base, path, tmp_path / "a", "--max_length", "48", "--max_steps", "1",
+                                            "--eval_split_size", "0"))
+    assert len(kept.train_dataset) == 8
+    with pytest.raises(DataError, match="All 8 training pairs are longer than max_length=48"):
+        run_stage("reward", *reward_args(tiny_base, path, tmp_path / "b", "--max_length", "48", "--max_steps", "1",
+                                         "--eval_split_size", "0", "--prompt_truncation", "none"))
