@@ -1,6 +1,6 @@
 """The `alignkit` command.
 
-    alignkit <stage> --config <yaml> [--key value ...]    run one stage's recipe (pretrain, sft, reward, dpo)
+    alignkit <stage> --config <yaml> [--key value ...]    run one stage's recipe (pretrain, sft, reward, dpo, ppo)
     alignkit demo [--output_dir outputs/demo] [--seed 0]   the offline demo, every stage on a tiny model
     alignkit eval --policy DIR --reference DIR [--reward_model DIR] --prompts FILE.jsonl
                                                            a policy against its reference: rewards, win rate, KL
@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from alignkit.errors import AlignkitError
 
-STAGES = ("pretrain", "sft", "reward", "dpo")
+STAGES = ("pretrain", "sft", "reward", "dpo", "ppo")
 
 
 def _fail(error: AlignkitError) -> None:

@@ -23,6 +23,7 @@ import yaml
 from trl import DPOConfig, ModelConfig, RewardConfig, SFTConfig, TrlParser
 
 from alignkit.errors import ConfigError
+from alignkit.ppo.config import PPOConfig
 from alignkit.preflight import closest_hint, load_yaml, split_config_arg
 
 CONFIG_FILE_NAME = "alignkit_config.yaml"
@@ -216,4 +217,5 @@ STAGE_ARGS = {
     "sft": (ScriptArguments, SFTConfig, ModelConfig),
     "reward": (ScriptArguments, RewardConfig, ModelConfig),
     "dpo": (ScriptArguments, DPOConfig, ModelConfig),
+    "ppo": (ScriptArguments, PPOConfig, ModelConfig),
 }

@@ -173,6 +173,18 @@ def _check_preference(row, where):
         _check_messages(row["prompt"], where, "prompt", need_assistant=False)
 
 
+def _check_prompt(row, where):
+    if _conversational(row["prompt"]):
+        _check_messages(row["prompt"], where, "prompt", need_assistant=False)
+    elif not isinstance(row["prompt"], str):
+        raise DataError(f"{where}: 'prompt' must be text or a list of turns, got {_describe(row['prompt'])}.")
+
+
+def _prompt_turns(messages: list[dict]) -> list[dict]:
+    last = max((i for i, t in enumerate(messages) if t["role"] == "assistant"), default=len(messages))
+    return messages[:last]
+
+
 # ----------------------------------------------------------------------------------------- conversion
 def _from_instruction(row):
     instruction = row["instruction"] if not row.get("input") else f"{row['instruction']}\n\n{row['input']}"
@@ -247,17 +259,20 @@ def prepare(dataset: Dataset, stage: str, source: str, text_field: str = "text")
             fmt = "messages" if produced == ["messages"] else "prompt_completion"
             break
 
-    if fmt == "text":
+    if stage == "prompts":  # a `prompt`, or the turns of `messages` before its last assistant turn
+        if fmt == "messages":
+            _check_rows(dataset, ["messages"], source, lambda row, where: _check_messages(row["messages"], where, "messages", False))
+            dataset = dataset.map(lambda row: {"prompt": _prompt_turns(row["messages"])}, remove_columns=dataset.column_names)
+        columns, check = ["prompt"], _check_prompt
+    elif fmt == "text":
         columns, check = [text_field], None
     elif fmt == "messages":
         columns, check = ["messages"], lambda row, where: _check_messages(row["messages"], where, "messages")
     elif fmt == "prompt_completion":
         columns, check = ["prompt", "completion"], _check_prompt_completion
-    elif fmt == "preference":
+    else:  # preference
         columns = (["prompt"] if "prompt" in dataset.column_names else []) + ["chosen", "rejected"]
         check = _check_preference
-    else:  # prompts
-        columns, check = [fmt], None
     _check_rows(dataset, columns, source, check)
     if set(dataset.column_names) != set(columns):
         dataset = dataset.select_columns(columns)

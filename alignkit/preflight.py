@@ -23,7 +23,7 @@ from alignkit.errors import ConfigError
 
 KEYS_FILE = Path(__file__).with_name("config_keys.json")
 # The data format each stage's recipe asks `data.load_data` for.
-STAGE_DATA = {"pretrain": "pretrain", "sft": "sft", "reward": "preference", "dpo": "preference"}
+STAGE_DATA = {"pretrain": "pretrain", "sft": "sft", "reward": "preference", "dpo": "preference", "ppo": "prompts"}
 
 
 def stack_versions() -> dict[str, str]:

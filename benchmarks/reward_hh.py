@@ -4,7 +4,9 @@
 
 Base: `stories260k` (a real trained tiny Llama); data: Anthropic hh-rlhf harmless test pairs (chosen/rejected
 dialogues with an implicit prompt), split 80/20 with a fixed seed. Both runs train the full model with the same
-hyperparameters; accuracy is measured the same way for both (exact pairwise accuracy on the held-out 20%).
+hyperparameters. TRL drops every pair longer than `max_length` (in training and evaluation); alignkit cuts such
+prompts from the left instead and keeps them. Accuracy (exact pairwise accuracy) is reported for both models on
+the same pairs — the held-out pairs TRL keeps — and for alignkit also on every held-out pair.
 """
 
 import argparse
@@ -67,6 +69,8 @@ def main():
     if not (data_dir / "hh-rlhf-harmless-test").is_dir():
         sys.exit(f"skipped: no real data at {data_dir} (needs stories260k/ and hh-rlhf-harmless-test/)")
 
+    from types import SimpleNamespace
+
     import torch
 
     from alignkit.metrics import reward_stats
@@ -75,22 +79,30 @@ def main():
     work = Path(tempfile.mkdtemp(prefix="reward_hh_"))
     data = split_data(data_dir, work / "data", seed=0)
     base = data_dir / "stories260k"
-    results = {}
+    trainers, seconds = {}, {}
     for name, run in (("alignkit", run_alignkit), ("trl", run_trl)):
         start = time.time()
-        trainer = run(base, data, work / name, opts.epochs)
-        stats = reward_stats(trainer)
+        trainers[name] = run(base, data, work / name, opts.epochs)
+        seconds[name] = round(time.time() - start, 1)
+    # Score both models on the pairs TRL kept, tokenised by TRL, so the comparison is like for like.
+    common = {"eval_dataset": trainers["trl"].eval_dataset, "data_collator": trainers["trl"].data_collator}
+    results = {}
+    for name, trainer in trainers.items():
+        stats = reward_stats(SimpleNamespace(model=trainer.model, train_dataset=None, **common))
         results[name] = {"accuracy": stats["accuracy"], "margin": stats["margin"], "train_pairs": len(trainer.train_dataset),
                          "eval_pairs": stats["pairs"], "prefers_longer": stats["prefers_longer"],
-                         "chosen_longer": stats["chosen_longer"], "seconds": round(time.time() - start, 1)}
+                         "chosen_longer": stats["chosen_longer"], "seconds": seconds[name]}
+    own = reward_stats(trainers["alignkit"])  # every held-out pair, long prompts cut from the left
+    results["alignkit_all_eval_pairs"] = {"accuracy": own["accuracy"], "eval_pairs": own["pairs"]}
     results["accuracy_ratio"] = results["alignkit"]["accuracy"] / results["trl"]["accuracy"]
     print(f"{'':10}{'accuracy':>10}{'margin':>9}{'train':>7}{'eval':>6}{'prefers longer':>16}{'seconds':>9}")
     for name in ("alignkit", "trl"):
         r = results[name]
         print(f"{name:10}{r['accuracy']:>10.3f}{r['margin']:>9.3f}{r['train_pairs']:>7}{r['eval_pairs']:>6}"
               f"{r['prefers_longer']:>16.3f}{r['seconds']:>9}")
-    print(f"accuracy alignkit/trl: {results['accuracy_ratio']:.3f}  (chance: 0.5; chosen is the longer answer in "
-          f"{results['alignkit']['chosen_longer']:.0%} of eval pairs)")
+    print(f"accuracy alignkit/trl on the same {results['trl']['eval_pairs']} pairs: {results['accuracy_ratio']:.3f}; "
+          f"alignkit on all {own['pairs']} held-out pairs: {own['accuracy']:.3f} (chance: 0.5; the chosen answer is "
+          f"the longer one in {results['trl']['chosen_longer']:.0%} of pairs)")
     if opts.out:
         Path(opts.out).write_text(json.dumps(results, indent=2))
 

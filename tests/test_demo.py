@@ -46,9 +46,18 @@ def test_demo_dpo_makes_the_model_polite_without_losing_facts(demo):
     assert 0 < dpo["kl_to_sft"] < 1.0  # moved away from SFT, but not far
 
 
+def test_demo_ppo_raises_the_reward_models_score_while_kl_stays_bounded(demo):
+    ppo = demo[0]["stages"]["ppo"]
+    rewards, kls = ppo["reward"], ppo["kl"]
+    assert len(rewards) == len(kls) == 30
+    assert sum(rewards[-10:]) / 10 > sum(rewards[:3]) / 3 + 0.5
+    assert max(kls) < 5.0  # nats per response, under the KL penalty
+    assert ppo["gold_politeness"] >= 0.9 and ppo["rm_win_rate_vs_sft"] > 0.5
+
+
 def test_a_second_demo_run_skips_finished_stages_and_reports_the_same(demo):
     report, out = demo
     again = run.main(["--output_dir", str(out)])
     assert all(stage["train_seconds"] is None for stage in again["stages"].values())
-    for name in ("sft", "dpo"):
+    for name in ("sft", "dpo", "ppo"):
         assert again["stages"][name]["gold_correctness"] == report["stages"][name]["gold_correctness"]

@@ -25,8 +25,8 @@ from alignkit.demo.world import World, make_world, write_world
 from alignkit.evaluation import evaluate_policy, generate, gold_judge, load_for_inference
 
 # The stages the demo runs, in order, with the stage whose output each one starts from.
-STAGES = {"pretrain": "base", "sft": "pretrain", "reward": "sft", "dpo": "sft"}
-STAGE_DATA = {"pretrain": "pretrain", "sft": "sft", "reward": "preference", "dpo": "preference"}
+STAGES = {"pretrain": "base", "sft": "pretrain", "reward": "sft", "dpo": "sft", "ppo": "sft"}
+STAGE_DATA = {"pretrain": "pretrain", "sft": "sft", "reward": "preference", "dpo": "preference", "ppo": "preference"}
 
 
 def config_path(stage: str) -> Path:
@@ -35,14 +35,14 @@ def config_path(stage: str) -> Path:
     return Path(alignkit.recipes.__file__).parent / "demo" / f"{stage}.yaml"
 
 
-def run_stage(stage: str, out: Path, model: Path, data: Path) -> tuple[dict, bool]:
+def run_stage(stage: str, out: Path, model: Path, data: Path, extra: list[str] = ()) -> tuple[dict, bool]:
     """Run one stage's recipe with the demo config, paths redirected into `out`; skip it if already complete."""
     stage_dir = out / stage
     record = outputs.read_run(stage_dir)
     if record is not None:
         return record, False
     args = ["--config", str(config_path(stage)), "--output_dir", str(stage_dir)]
-    args += ["--model_name_or_path", str(model), "--dataset_name", str(data)]
+    args += ["--model_name_or_path", str(model), "--dataset_name", str(data), *extra]
     if stage_dir.exists():  # an interrupted earlier attempt: start it again
         args += ["--overwrite_output_dir", "true"]
     recipe = __import__(f"alignkit.recipes.{stage}", fromlist=["main"])
@@ -125,7 +125,8 @@ def main(argv: list[str] | None = None) -> dict:
     report: dict = {"seed": opts.seed, "stages": {}}
     for stage, parent in STAGES.items():
         t0 = time.time()
-        record, trained = run_stage(stage, out, out / parent, data[STAGE_DATA[stage]])
+        extra = ["--reward_model_path", str(out / "reward")] if stage == "ppo" else []
+        record, trained = run_stage(stage, out, out / parent, data[STAGE_DATA[stage]], extra)
         entry = {"train_seconds": round(time.time() - t0, 1) if trained else None, "metrics": record["metrics"]}
         if stage == "pretrain":
             entry.update(pretrain_report(out / stage))
@@ -136,6 +137,9 @@ def main(argv: list[str] | None = None) -> dict:
             entry.update(eval_accuracy=stats["accuracy"], eval_margin=stats["margin"], prefers_longer=stats["prefers_longer"])
         else:
             entry.update(policy_report(opts.seed, out, stage, heldout))
+        if stage == "ppo":  # the curves per update: the reward model's score rises while KL stays bounded
+            history = json.loads((out / stage / "trainer_state.json").read_text())["log_history"]
+            entry.update(reward=[round(h["score"], 4) for h in history], kl=[round(h["kl"], 4) for h in history])
         report["stages"][stage] = entry
         print(f"[demo] {stage}: {'trained' if trained else 'already complete, skipped'}", flush=True)
 

@@ -1,0 +1,453 @@
+"""PPOTrainer and load_ppo_models on a tiny model: it learns, counts its steps, shares its base, resumes exactly.
+
+The fixtures live here rather than in a tests/ppo/conftest.py: other test modules import the top-level conftest as
+`conftest`, and a second conftest module would shadow it.
+"""
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from peft import LoraConfig
+
+from alignkit.errors import AlignkitError, DataError
+from alignkit.ppo import PPOConfig, PPOStoppedError, PPOTrainer, load_ppo_models
+from alignkit.ppo import core
+from alignkit.ppo.trainer import Rollout
+
+# --- fixtures: a briefly trained "SFT" model, reward models (full and LoRA) on it, chat prompts ----------------------
+
+SFT_STEPS = 40  # ~1.5 s: enough for the tiny model to answer in the world's sentence patterns
+
+
+@pytest.fixture(scope="module")
+def sft_dir(tiny_base, world, tmp_path_factory) -> Path:
+    """A full causal-LM folder, as the SFT stage writes it (with alignkit's default chat template)."""
+    from transformers import AutoModelForCausalLM
+
+    from alignkit.models import DEFAULT_CHAT_TEMPLATE
+
+    path = tmp_path_factory.mktemp("sft")
+    tokenizer = _tokenizer(tiny_base)
+    tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE.read_text(encoding="utf-8")
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_base)
+    texts = [tokenizer.apply_chat_template(ex["messages"], tokenize=False) for ex in world.sft_examples()]
+    rows = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(SFT_STEPS):
+        batch = [rows[i] for i in torch.randint(len(rows), (32,)).tolist()]
+        width = max(map(len, batch))
+        ids = torch.tensor([r + [tokenizer.pad_token_id] * (width - len(r)) for r in batch])
+        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in batch])
+        model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def _tokenizer(path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
+@pytest.fixture
+def tokenizer(sft_dir):
+    return _tokenizer(sft_dir)
+
+
+@pytest.fixture(scope="module")
+def rm_full_dir(sft_dir, tmp_path_factory) -> Path:
+    """A full one-label classifier on the SFT model with a hand-set score head."""
+    from transformers import AutoModelForSequenceClassification
+
+    path = tmp_path_factory.mktemp("rm_full")
+    model = AutoModelForSequenceClassification.from_pretrained(sft_dir, num_labels=1)
+    torch.manual_seed(1)
+    torch.nn.init.normal_(model.score.weight, std=0.3)
+    model.save_pretrained(path)
+    _tokenizer(sft_dir).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def rm_lora_dir(sft_dir, tmp_path_factory) -> Path:
+    """A SEQ_CLS LoRA reward adapter on the SFT folder (score head in modules_to_save), with reward_stats."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForSequenceClassification
+
+    path = tmp_path_factory.mktemp("rm_lora")
+    base = AutoModelForSequenceClassification.from_pretrained(sft_dir, num_labels=1)
+    config = LoraConfig(task_type="SEQ_CLS", r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], modules_to_save=["score"])
+    model = get_peft_model(base, config)
+    torch.manual_seed(2)
+    for name, p in model.named_parameters():
+        if "lora_B" in name or "modules_to_save" in name:
+            torch.nn.init.normal_(p, std=0.3)  # differ from the base, so a wrong adapter shows
+    model.save_pretrained(path)
+    _tokenizer(sft_dir).save_pretrained(path)
+    (path / "alignkit_run.json").write_text(json.dumps({"stage": "reward", "reward_stats": {"mean": 0.5, "std": 2.0}}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def sft_adapter_dir(sft_dir, tmp_path_factory) -> Path:
+    """An SFT stage that wrote a LoRA adapter (on the SFT folder, standing in for a base)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    path = tmp_path_factory.mktemp("sft_adapter")
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(sft_dir),
+        LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]),
+    )
+    torch.manual_seed(3)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.3)
+    model.save_pretrained(path)
+    _tokenizer(sft_dir).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def prompts(world) -> list[dict]:
+    """128 chat prompts (a user question each) from the demo world."""
+    return [{"prompt": ex["messages"][:1]} for ex in world.sft_examples()[:128]]
+
+
+LORA = LoraConfig(
+    r=8,
+    lora_alpha=16,
+    target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    task_type="CAUSAL_LM",
+)
+
+
+def ppo_args(output_dir, **overrides) -> PPOConfig:
+    settings = dict(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=8,
+        num_updates=2,
+        max_new_tokens=10,
+        learning_rate=1e-3,
+        lr_scheduler_type="constant",
+        report_to="none",
+        use_cpu=True,
+        save_strategy="no",
+        disable_tqdm=True,
+        seed=0,
+    )
+    return PPOConfig(**{**settings, **overrides})
+
+
+def lora_models(sft_dir, reward_dir=None, **kwargs):
+    torch.manual_seed(0)
+    return load_ppo_models(str(sft_dir), reward_dir and str(reward_dir), use_peft=True, peft_config=LORA, **kwargs)
+
+
+def full_models(sft_dir, reward_dir=None):
+    return load_ppo_models(str(sft_dir), reward_dir and str(reward_dir), use_peft=False)
+
+
+def says(word):
+    """A rule-based reward: 1 for a response that contains `word`, else 0."""
+    return lambda prompts, responses: [float(word in r.replace(".", " ").split()) for r in responses]
+
+
+def stored_bytes(models) -> int:
+    """Bytes of every distinct parameter tensor the models hold."""
+    seen, total = set(), 0
+    for module in models.modules():
+        for p in module.parameters():
+            if p.data_ptr() not in seen:
+                seen.add(p.data_ptr())
+                total += p.numel() * p.element_size()
+    return total
+
+
+# --- learning ------------------------------------------------------------------------------------------------------
+
+
+def test_ppo_raises_a_rule_based_reward(sft_dir, tokenizer, prompts, tmp_path):
+    # The SFT model says "eats" in ~10% of answers (food questions); PPO should make it the habit.
+    args = ppo_args(
+        tmp_path, per_device_train_batch_size=16, gradient_accumulation_steps=2, num_updates=20, kl_coef=0.02
+    )
+    trainer = PPOTrainer(args, lora_models(sft_dir), tokenizer, prompts, reward_fn=says("eats"))
+    trainer.train()
+    scores = [h["score"] for h in trainer.log_history]
+    before, after = sum(scores[:3]) / 3, sum(scores[-3:]) / 3
+    assert after > before + 0.3, scores
+    assert all(math.isfinite(h["kl"]) for h in trainer.log_history)
+    assert trainer.log_history[0]["kl"] == 0.0  # the fresh LoRA adapter starts as the reference
+    expected = {"score", "kl", "reward", "policy_loss", "value_loss", "clipfrac", "approx_kl", "entropy",
+                "explained_variance", "response_length", "eos_rate", "kl_coef", "lr"}  # fmt: skip
+    assert expected <= set(trainer.log_history[-1])
+
+
+def test_an_update_makes_epochs_times_minibatches_optimiser_steps_and_clips_gradients(sft_dir, tokenizer, prompts, tmp_path):
+    args = ppo_args(
+        tmp_path, per_device_train_batch_size=4, gradient_accumulation_steps=2, num_mini_batches=2, num_ppo_epochs=3,
+        max_grad_norm=1e-3,
+    )  # fmt: skip
+    trainer = PPOTrainer(args, lora_models(sft_dir), tokenizer, prompts, reward_fn=says("eats"))
+    assert trainer.local_batch_size == 4 * 2 * 2
+    steps, norms = [], []
+    optimizer = trainer.optimizer.optimizer  # the torch optimiser inside Accelerate's wrapper
+
+    def norm(params):
+        return torch.cat([p.grad.flatten() for p in params if p.grad is not None]).norm().item()
+
+    optimizer.register_step_pre_hook(lambda *_: norms.append((norm(trainer.policy_params), norm(trainer.value_params))))
+    optimizer.register_step_post_hook(lambda *_: steps.append(1))
+    trainer.train()
+    assert len(steps) == trainer.optimizer_steps == 2 * 3 * 2  # updates * num_ppo_epochs * num_mini_batches
+    # Each optimiser step saw gradients clipped to max_grad_norm, and they were larger before clipping.
+    assert all(p <= 1e-3 * 1.0001 and v <= 1e-3 * 1.0001 for p, v in norms)
+    assert all(h["grad_norm"] > 1e-3 for h in trainer.log_history)
+
+
+# --- models --------------------------------------------------------------------------------------------------------
+
+
+def test_lora_mode_holds_one_copy_of_the_base_and_full_mode_four(sft_dir, rm_lora_dir, rm_full_dir):
+    from transformers import AutoModelForCausalLM
+
+    base = sum(p.numel() * p.element_size() for p in AutoModelForCausalLM.from_pretrained(sft_dir).parameters())
+    lora = lora_models(sft_dir, rm_lora_dir)
+    assert lora.policy.model is lora.ref.model is lora.value.model is lora.reward.model
+    assert base < stored_bytes(lora) < 1.2 * base  # one base + three adapters + two heads
+    assert stored_bytes(full_models(sft_dir, rm_full_dir)) > 3.9 * base  # policy, reference, value, reward
+
+
+def test_lora_roles_compute_what_they_stand_for(sft_dir, rm_lora_dir, tokenizer):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    models = lora_models(sft_dir, rm_lora_dir)
+    ids = torch.tensor([tokenizer("The fox eats honey.</s>")["input_ids"]])
+    mask, pos = torch.ones_like(ids), torch.arange(ids.shape[1])[None]
+    sft_logits = AutoModelForCausalLM.from_pretrained(sft_dir)(input_ids=ids).logits
+    torch.testing.assert_close(models.ref(ids, mask, pos), sft_logits)
+    torch.testing.assert_close(models.policy(ids, mask, pos), sft_logits)  # LoRA B = 0 at the start
+    reward_model = PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(sft_dir, num_labels=1), rm_lora_dir)
+    expected = reward_model(input_ids=ids).logits[0, 0]
+    torch.testing.assert_close(models.reward(ids, mask, pos)[0, -1], expected)
+    torch.testing.assert_close(models.value(ids, mask, pos)[0, -1], expected)  # the critic starts as the reward model
+    # Switching adapters for those forwards left the trainable set as it was.
+    assert all(p.requires_grad for p in models.policy_parameters() + models.value_parameters())
+    assert not any(p.requires_grad for p in models.reward.head.parameters())
+    trainable = {id(p) for p in models.policy_parameters() + models.value_parameters()}
+    assert all(id(p) in trainable for p in models.policy.model.parameters() if p.requires_grad)
+    assert models.reward_stats == {"mean": 0.5, "std": 2.0}
+
+
+def test_an_sft_adapter_keeps_training_and_a_frozen_copy_is_the_reference(sft_adapter_dir, sft_dir, rm_lora_dir, tokenizer, prompts, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    models = lora_models(sft_adapter_dir, rm_lora_dir)  # the reward adapter sits on the adapter's base: shared
+    assert models.policy.model is models.reward.model
+    ids = torch.tensor([tokenizer("The fox eats honey.")["input_ids"]])
+    mask, pos = torch.ones_like(ids), torch.arange(ids.shape[1])[None]
+    sft = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(sft_dir), sft_adapter_dir)(input_ids=ids).logits
+    torch.testing.assert_close(models.policy(ids, mask, pos), sft)
+    PPOTrainer(ppo_args(tmp_path, num_updates=1), models, tokenizer, prompts).train()
+    torch.testing.assert_close(models.ref(ids, mask, pos), sft)
+    assert not torch.allclose(models.policy(ids, mask, pos), sft)
+
+
+def test_full_mode_refuses_a_quantised_base(sft_dir):
+    from transformers import BitsAndBytesConfig
+
+    with pytest.raises(AlignkitError, match="use_peft"):
+        load_ppo_models(str(sft_dir), None, use_peft=False, quantization_config=BitsAndBytesConfig(load_in_4bit=True))
+
+
+def test_qlora_trains_every_adapter_on_cpu(sft_dir, rm_lora_dir, tokenizer, prompts, tmp_path):
+    pytest.importorskip("bitsandbytes")
+    from transformers import BitsAndBytesConfig
+
+    models = lora_models(sft_dir, rm_lora_dir, quantization_config=BitsAndBytesConfig(load_in_4bit=True))
+    trainer = PPOTrainer(ppo_args(tmp_path), models, tokenizer, prompts)
+    trainer.train()
+    assert all(math.isfinite(h["policy_loss"]) for h in trainer.log_history)
+    # After rollouts, gradients still reach every adapter through the 4-bit layers (bitsandbytes' CPU inference
+    # packing, triggered by an eval-mode forward, would cut them off at every 4-bit linear).
+    r = trainer.make_rollout(list(range(8)))
+    logits, values = trainer.model(r.input_ids, r.attention_mask, r.position_ids, r.responses.shape[1])
+    (logits.float().logsumexp(-1).mean() + values.mean()).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in trainer.policy_params + trainer.value_params)
+
+
+# --- rollouts ------------------------------------------------------------------------------------------------------
+
+
+def test_when_pad_is_eos_the_eos_stays_in_the_loss_and_the_reward_model_reads_it(sft_dir, rm_full_dir, tokenizer, prompts, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    tokenizer.pad_token = tokenizer.eos_token
+    args = ppo_args(tmp_path, per_device_train_batch_size=16, max_new_tokens=24)
+    trainer = PPOTrainer(args, full_models(sft_dir, rm_full_dir), tokenizer, prompts)
+    indices = list(range(16))
+    r = trainer.make_rollout(indices)
+    assert r.stopped.any() and not r.stopped.all()
+    reward_model = AutoModelForSequenceClassification.from_pretrained(rm_full_dir, num_labels=1)
+    reward_model.config.pad_token_id = None  # one unpadded sequence: score its very last token
+    for i, n in enumerate(r.lengths.tolist()):
+        if r.stopped[i]:
+            assert r.responses[i, n - 1] == tokenizer.eos_token_id
+        assert r.response_mask[i, :n].all() and not r.response_mask[i, n:].any()  # the EOS is in the loss
+        sequence = torch.tensor([trainer.prompts[i] + r.responses[i, :n].tolist()])
+        torch.testing.assert_close(r.raw_scores[i], reward_model(input_ids=sequence).logits[0, 0], atol=1e-5, rtol=1e-5)
+
+
+def test_scores_are_normalised_clipped_and_penalised_for_a_missing_eos(sft_dir, tokenizer, prompts, tmp_path):
+    args = ppo_args(
+        tmp_path, per_device_train_batch_size=16, max_new_tokens=6, reward_mean=1.0, reward_std=2.0, reward_clip=0.4,
+        missing_eos_penalty=3.0,
+    )  # fmt: skip
+    trainer = PPOTrainer(args, lora_models(sft_dir), tokenizer, prompts, reward_fn=lambda p, r: [2.0] * len(r))
+    r = trainer.make_rollout(list(range(16)))
+    assert r.stopped.any() and not r.stopped.all()
+    # (2 - 1) / 2 = 0.5, clipped to 0.4, minus 3 where the response never stopped.
+    torch.testing.assert_close(r.scores, torch.where(r.stopped, 0.4, 0.4 - 3.0))
+
+
+def test_the_rollout_keeps_no_vocabulary_sized_tensor(sft_dir, tokenizer, prompts, tmp_path):
+    trainer = PPOTrainer(ppo_args(tmp_path), lora_models(sft_dir), tokenizer, prompts, reward_fn=says("eats"))
+    r = trainer.make_rollout(list(range(8)))
+    vocab = trainer.models.policy.model.config.vocab_size
+    for name, value in vars(r).items():
+        assert value.dim() <= 2 and value.shape[-1] != vocab, name
+    assert isinstance(r, Rollout)
+
+
+def test_prompts_need_a_prompt_column(sft_dir, tokenizer, tmp_path):
+    with pytest.raises(DataError, match="'prompt' column"):
+        PPOTrainer(ppo_args(tmp_path), lora_models(sft_dir), tokenizer, [{"text": "hi"}], reward_fn=says("eats"))
+
+
+# --- resume, health, saving ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["lora", "full"])
+def test_resuming_reproduces_the_uninterrupted_run(mode, sft_dir, rm_lora_dir, rm_full_dir, tokenizer, prompts, tmp_path):
+    def build(output_dir):
+        models = lora_models(sft_dir, rm_lora_dir) if mode == "lora" else full_models(sft_dir, rm_full_dir)
+        args = ppo_args(
+            output_dir, num_updates=3, save_strategy="steps", save_steps=1, adaptive_kl=True, kl_horizon=100,
+            lr_scheduler_type="linear", learning_rate=1e-4 if mode == "full" else 1e-3,
+        )  # fmt: skip
+        return PPOTrainer(args, models, tokenizer, prompts)
+
+    uninterrupted = build(tmp_path / "a")
+    uninterrupted.train()
+    assert sorted(p.name for p in (tmp_path / "a").glob("*checkpoint-*")) == [f"checkpoint-{i}" for i in (1, 2, 3)]
+
+    # A run that stopped after update 2: resume_from_checkpoint=True picks its latest checkpoint.
+    shutil.copytree(tmp_path / "a" / "checkpoint-2", tmp_path / "b" / "checkpoint-2")
+    shutil.copytree(tmp_path / "a" / "checkpoint-1", tmp_path / "b" / "checkpoint-1")
+    resumed = build(tmp_path / "b")
+    resumed.train(resume_from_checkpoint=True)
+    assert resumed.log_history == uninterrupted.log_history  # update 3 included, to the logged precision
+    for trained, again in zip(
+        uninterrupted.policy_params + uninterrupted.value_params, resumed.policy_params + resumed.value_params
+    ):
+        assert torch.equal(again, trained)  # bit-identical on CPU
+    assert resumed.kl_ctl.value == uninterrupted.kl_ctl.value != 0.05
+
+
+def test_kl_past_the_limit_stops_the_run_with_a_clear_error(sft_dir, tokenizer, prompts, tmp_path):
+    args = ppo_args(tmp_path, num_updates=4, kl_limit=1e-6, save_strategy="steps", save_steps=1)
+    trainer = PPOTrainer(args, lora_models(sft_dir), tokenizer, prompts, reward_fn=says("eats"))
+    # Update 1 samples from the reference itself (KL 0); the policy it leaves behind has moved.
+    with pytest.raises(PPOStoppedError, match=r"PPO stopped at update 2: mean KL \S+ exceeds kl_limit 1e-06; no checkpoint"):
+        trainer.train()
+    assert not list(tmp_path.glob("*checkpoint-*"))  # the drifted policy after update 1 was never saved
+
+
+def test_a_nan_score_stops_the_run_and_keeps_the_last_good_checkpoint(sft_dir, tokenizer, prompts, tmp_path):
+    calls = []
+
+    def reward_fn(prompts, responses):
+        calls.append(1)
+        return [math.nan if len(calls) == 4 else 1.0] * len(responses)
+
+    args = ppo_args(tmp_path, num_updates=5, save_strategy="steps", save_steps=1)
+    trainer = PPOTrainer(args, lora_models(sft_dir), tokenizer, prompts, reward_fn=reward_fn)
+    with pytest.raises(PPOStoppedError) as stopped:
+        trainer.train()
+    # A checkpoint is written once its policy has produced a healthy rollout: update 3's never did.
+    good = tmp_path / "checkpoint-2"
+    assert str(stopped.value) == f"PPO stopped at update 4: the mean score is nan; the last good checkpoint is {good}."
+    assert sorted(p.name for p in tmp_path.glob("*checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+    assert json.loads((good / "trainer_state.json").read_text())["update"] == 2
+
+
+def test_a_nan_loss_stops_the_run_before_an_optimiser_step_uses_it(sft_dir, tokenizer, prompts, tmp_path, monkeypatch):
+    trainer = PPOTrainer(
+        ppo_args(tmp_path, num_updates=3, save_strategy="steps", save_steps=1),
+        lora_models(sft_dir), tokenizer, prompts, reward_fn=says("eats"),
+    )  # fmt: skip
+    policy_loss = core.policy_loss
+
+    def poisoned(*args, **kwargs):
+        loss, clipfrac, approx_kl = policy_loss(*args, **kwargs)
+        return (loss * math.nan if trainer.update == 1 else loss), clipfrac, approx_kl
+
+    monkeypatch.setattr(core, "policy_loss", poisoned)
+    with pytest.raises(PPOStoppedError, match=r"update 2: the policy gradient norm is nan .*checkpoint-1\."):
+        trainer.train()
+    assert trainer.optimizer_steps == 4  # update 1's only
+    assert all(torch.isfinite(p).all() for p in trainer.policy_params)
+
+
+def test_saved_policy_and_value_reload_to_the_trained_models(sft_dir, rm_lora_dir, tokenizer, prompts, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    trainer = PPOTrainer(ppo_args(tmp_path / "run", num_updates=1), lora_models(sft_dir, rm_lora_dir), tokenizer, prompts)
+    trainer.train()
+    out = tmp_path / "out"
+    trainer.save_model(str(out))
+    assert {"adapter_model.safetensors", "adapter_config.json", "tokenizer.json"} <= {p.name for p in out.iterdir()}
+    ids = torch.tensor([tokenizer("The fox eats honey.</s>")["input_ids"]])
+    mask, pos = torch.ones_like(ids), torch.arange(ids.shape[1])[None]
+    policy = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(sft_dir), out)
+    torch.testing.assert_close(policy(input_ids=ids).logits, trainer.models.policy(ids, mask, pos))
+    # The value model is saved in the reward stage's format, so it can start a later run.
+    again = lora_models(sft_dir, rm_lora_dir, value_path=str(out / "value"))
+    torch.testing.assert_close(again.value(ids, mask, pos), trainer.models.value(ids, mask, pos))
+    assert not torch.allclose(again.value(ids, mask, pos), again.reward(ids, mask, pos))
+
+
+# --- config --------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"kl_estimator": "k2"}, "'k1' or 'k3'"),
+        ({"reward_mean": 1.0}, "reward_mean and reward_std together"),
+        ({"save_strategy": "epoch"}, "use 'steps'"),
+        ({"stop_token": "</s>"}, "stop_token_id"),
+        ({"lam": 1.5}, r"lam must be in \[0, 1\]"),
+    ],
+)
+def test_config_rejects_bad_values_saying_how_to_fix_them(overrides, message, tmp_path):
+    with pytest.raises(ValueError, match=message):
+        ppo_args(tmp_path, **overrides)
+
+
+def test_config_defaults(tmp_path):
+    args = PPOConfig(output_dir=str(tmp_path), learning_rate=2e-5)
+    assert args.value_learning_rate == 2e-5 and not args.bf16
+    assert (args.num_ppo_epochs, args.num_mini_batches, args.stop_token, args.kl_estimator) == (4, 1, "eos", "k1")
