@@ -29,5 +29,9 @@ test: $(VENV)/.installed-dev
 test-slow: $(VENV)/.installed-dev
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m slow
 
+bench: $(VENV)/.installed-dev
+	$(BIN)/python benchmarks/reward_hh.py
+	$(BIN)/python benchmarks/ppo_vs_trl112.py
+
 clean:
 	rm -rf outputs
