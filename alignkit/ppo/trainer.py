@@ -415,14 +415,16 @@ class PPOTrainer:
         means = torch.stack([torch.stack([torch.as_tensor(v, device=device).float() for v in stats[n]]).mean() for n in names])
         return dict(zip(names, self.accelerator.reduce(means, "mean").tolist()))
 
+    def _grad_norm(self, params: list[torch.nn.Parameter]) -> torch.Tensor:
+        if self.args.max_grad_norm and self.args.max_grad_norm > 0:
+            return torch.nn.utils.clip_grad_norm_(params, self.args.max_grad_norm)
+        # Not clipping: only measure (for the NaN check), without a pass that rescales every gradient by 1.
+        return torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+
     def _clip_gradients(self, update: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Clip the policy's and the value model's gradients to `max_grad_norm` each; stop on a non-finite norm."""
         self.accelerator.unscale_gradients()  # fp16 only: measure the true gradients
-        max_norm = self.args.max_grad_norm if self.args.max_grad_norm and self.args.max_grad_norm > 0 else math.inf
-        norms = (
-            torch.nn.utils.clip_grad_norm_(self.policy_params, max_norm),
-            torch.nn.utils.clip_grad_norm_(self.value_params, max_norm),
-        )
+        norms = (self._grad_norm(self.policy_params), self._grad_norm(self.value_params))
         # Gradients are already averaged over processes here, so every process sees the same norm and stops together.
         for role, norm in zip(("policy", "value"), norms):
             if not torch.isfinite(norm):
