@@ -26,8 +26,9 @@ Batch semantics bridged (see the two PPOConfig docstrings): a rollout batch of B
 with gradient_accumulation_steps=1 is, in alignkit, per_device_train_batch_size=B/M, num_mini_batches=M, and in
 TRL 1.12, per_device_train_batch_size=B, num_mini_batches=M (its rollout batch is per_device * grad_accum and a
 minibatch is that / M; with grad_accum > 1 its num_mini_batches has no effect, so it is kept at 1 here). Both then
-make num_ppo_epochs * M optimiser steps per update on minibatches of B/M sequences. TRL's rollout forward chunk
-(local_rollout_forward_batch_size, default 64) is set to alignkit's, which is its micro-batch B/M. TRL 1.12 never
+make num_ppo_epochs * M optimiser steps per update on minibatches of B/M sequences. Both generate the whole rollout
+batch in one call (alignkit's default; TRL's local_rollout_forward_batch_size keeps its default of 64 >= B, so TRL
+also runs its rollout forwards on the whole batch, where alignkit uses micro-batches of B/M). TRL 1.12 never
 clips gradients, so alignkit runs with max_grad_norm=0 (no clipping) too. Responses are a fixed `response_length`
 tokens on both sides (stop_token null, and no EOS in the SFT model's generation config), so both do the same work
 every update; --stop-at-eos ends them at EOS instead. Each trainer keeps its own optimiser implementation (TRL's
@@ -244,7 +245,6 @@ def worker_trl(spec: dict) -> dict:
         per_device_train_batch_size=s["rollout_batch"],  # TRL 1.12: rollout batch = per_device * grad_accum
         gradient_accumulation_steps=1,  # with > 1, TRL 1.12 ignores num_mini_batches
         num_mini_batches=s["num_mini_batches"],
-        local_rollout_forward_batch_size=s["rollout_batch"] // s["num_mini_batches"],  # alignkit's chunk
         num_ppo_epochs=s["num_ppo_epochs"],
         total_episodes=s["num_updates"] * s["rollout_batch"],
         response_length=s["response_length"],

@@ -40,6 +40,9 @@ class PPOConfig(TrainingArguments):
             Maximum response length in tokens.
         temperature (`float`, *optional*, defaults to `1.0`):
             Sampling temperature; log-probabilities are computed at the same temperature.
+        generation_batch_size (`int` or `None`, *optional*, defaults to `None`):
+            Prompts per `generate` call. `None`: the whole rollout batch in one call, which is fastest; lower it
+            when the KV cache of a long generation does not fit.
         stop_token (`str` or `None`, *optional*, defaults to `"eos"`):
             `"eos"`: responses end at the tokenizer's EOS token (kept, and scored by the reward model as in its
             training data); `None`: at `stop_token_id`, or only at `max_new_tokens` when that is unset too.
@@ -117,6 +120,11 @@ class PPOConfig(TrainingArguments):
     )
     max_new_tokens: int = field(default=64, metadata={"help": "Maximum response length in tokens."})
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature."})
+    generation_batch_size: int | None = field(
+        default=None,
+        metadata={"help": "Prompts per generate call; None: the whole rollout batch at once (lower it if the KV "
+                  "cache does not fit)."},
+    )
     stop_token: str | None = field(
         default="eos", metadata={"help": "'eos': responses end at the EOS token; None: see stop_token_id."}
     )
@@ -157,7 +165,7 @@ class PPOConfig(TrainingArguments):
     def __post_init__(self):
         super().__post_init__()
         positive_ints = ("num_ppo_epochs", "num_mini_batches", "max_new_tokens")
-        for name in positive_ints + (("num_updates",) if self.num_updates is not None else ()):
+        for name in positive_ints + tuple(n for n in ("num_updates", "generation_batch_size") if getattr(self, n) is not None):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
         if self.max_prompt_length is not None and self.max_prompt_length < 1:

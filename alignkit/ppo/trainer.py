@@ -307,7 +307,8 @@ class PPOTrainer:
         # 1. Sample. Generation returns token ids only: its logits are never kept (logprobs are recomputed below).
         chunks = []
         with unwrap_model_for_generation(self.model, self.accelerator) as unwrapped, self.accelerator.autocast():
-            for s in self._chunks(len(indices)):
+            step = args.generation_batch_size or len(indices)
+            for s in (slice(i, i + step) for i in range(0, len(indices), step)):
                 out = unwrapped.policy.generate(
                     input_ids=query_ids[s], attention_mask=query_mask[s], generation_config=self.generation_config
                 )[:, width:]
