@@ -24,6 +24,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, set_seed
 
 from alignkit.errors import ConfigError, DataError, ModelError
+from alignkit.models import adapter_base, adapter_config, load_tokenizer
 
 Conversation = list[dict[str, str]]
 # A judge rates one answer to one prompt row: {"metric name": True/False or a number}; rates are averaged.
@@ -37,8 +38,6 @@ def _load_tokenizer(path: Path):
     """The tokenizer saved with a stage output (or, for an adapter saved without one, its base's), prepared the
     way alignkit's training prepared it: a pad token and a chat template."""
     from trl import ModelConfig
-
-    from alignkit.models import adapter_base, load_tokenizer
 
     source = path
     if not (path / "tokenizer_config.json").is_file() and adapter_base(path) is not None:
@@ -60,17 +59,10 @@ def _architectures(path: Path) -> list[str]:
         raise ModelError(f"Could not read the model config in {path}: {str(e).strip().splitlines()[0]}") from None
 
 
-def _adapter_config(path: Path) -> dict | None:
-    file = path / "adapter_config.json"
-    return json.loads(file.read_text(encoding="utf-8")) if file.is_file() else None
-
-
 def load_for_inference(path: str | Path):
     """(model, tokenizer) from a stage's output folder, whether it holds a full causal LM or a PEFT adapter."""
-    from alignkit.models import adapter_base
-
     path = _check_folder(path, "stage output")
-    adapter = _adapter_config(path)
+    adapter = adapter_config(path)
     try:
         if adapter is not None:
             if adapter.get("task_type") == "SEQ_CLS":
@@ -91,7 +83,7 @@ def load_for_inference(path: str | Path):
 def _check_reward_folder(path: str | Path) -> tuple[Path, dict | None]:
     """(folder, adapter config or None) for a reward model, checked without loading weights."""
     path = _check_folder(path, "reward model")
-    adapter = _adapter_config(path)
+    adapter = adapter_config(path)
     if adapter is None:
         if not any(a.endswith("ForSequenceClassification") for a in _architectures(path)):
             raise ModelError(f"{path} holds no reward model (no sequence-classification head); pass the reward stage's output.")
@@ -113,8 +105,6 @@ def load_reward_model(path: str | Path):
     non-pad token.
     """
     from trl.trainer.reward_trainer import suppress_seqcls_warning
-
-    from alignkit.models import adapter_base
 
     path, adapter = _check_reward_folder(path)
     try:

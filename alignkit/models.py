@@ -69,12 +69,19 @@ def _dtype(name: str | None):
         raise ModelError(f"Unknown dtype '{name}'; use auto, float32, bfloat16 or float16.") from None
 
 
+def adapter_config(path: str | Path) -> dict | None:
+    """The adapter_config.json of a PEFT adapter folder, or None when `path` holds no adapter."""
+    file = Path(path) / "adapter_config.json"
+    return json.loads(file.read_text(encoding="utf-8")) if file.is_file() else None
+
+
 def adapter_base(path: str | Path) -> str | None:
     """The base model a PEFT adapter folder was trained on, or None when `path` holds no adapter."""
-    file = Path(path) / "adapter_config.json"
-    if not file.is_file():
+    config = adapter_config(path)
+    if config is None:
         return None
-    base = json.loads(file.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    file = Path(path) / "adapter_config.json"
+    base = config.get("base_model_name_or_path")
     if not base:
         raise ModelError(f"{file} names no base_model_name_or_path; add the base model's Hub id or folder to it.")
     if Path(base).is_absolute() and not Path(base).exists():  # peft would report a misleading "Repo id" error

@@ -16,7 +16,6 @@ that copy: two bases in all.
 from __future__ import annotations
 
 import copy
-import json
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,10 +29,10 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, PreTrainedModel
 
 from alignkit.errors import ModelError
+from alignkit.models import adapter_base, adapter_config
 
 POLICY, REF, REWARD, VALUE = "default", "ref", "reward", "value"
-ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
-RUN_FILE = "alignkit_run.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
 HEAD_PREFIX = "base_model.model."  # where PEFT saves a SEQ_CLS adapter's `modules_to_save` head
 
 
@@ -85,18 +84,11 @@ def adapter_parameters(model: PeftModel, name: str) -> list[nn.Parameter]:
     return params
 
 
-def read_adapter_config(path: str | Path) -> dict | None:
-    """The adapter_config.json of a PEFT adapter folder, or None when `path` is not one."""
-    file = Path(path) / ADAPTER_CONFIG
-    return json.loads(file.read_text(encoding="utf-8")) if file.is_file() else None
-
-
 def read_reward_stats(reward_path: str | Path | None) -> dict | None:
     """`{"mean": .., "std": ..}` that the reward stage recorded in its alignkit_run.json, if any."""
-    file = Path(reward_path) / RUN_FILE if reward_path else None
-    if file is None or not file.is_file():
-        return None
-    return json.loads(file.read_text(encoding="utf-8")).get("reward_stats")
+    from alignkit.outputs import read_run  # not at the top: alignkit.config imports this package
+
+    return (read_run(reward_path) or {}).get("reward_stats") if reward_path else None
 
 
 def _same_model(a: str, b: str) -> bool:
@@ -135,7 +127,7 @@ def attach_scalar_adapter(model: nn.Module, path: str | Path, name: str, trainab
     Load the SEQ_CLS LoRA adapter saved in `path` (the reward stage's output, or a value model saved by PPO) onto
     `model`'s backbone as adapter `name`, and its `score` head as a separate `nn.Linear`. Returns (model, head).
     """
-    saved = read_adapter_config(path)
+    saved = adapter_config(path)
     config = _lora_config(PeftConfig.from_pretrained(str(path)), trainable)
     host = _with_adapter(model, name, config)
     weights = load_file(str(Path(path) / ADAPTER_WEIGHTS))
@@ -260,20 +252,20 @@ def _freeze(model: nn.Module) -> nn.Module:
 
 def _causal_lm(path: str, merge: bool, **kwargs) -> PreTrainedModel:
     """The SFT model: a full causal-LM folder, or an adapter folder merged into its base when `merge`."""
-    adapter = read_adapter_config(path)
+    adapter = adapter_config(path)
     if adapter is None:
         return _load(AutoModelForCausalLM, path, **kwargs)
-    base = _load(AutoModelForCausalLM, adapter["base_model_name_or_path"], **kwargs)
+    base = _load(AutoModelForCausalLM, adapter_base(path), **kwargs)
     model = PeftModel.from_pretrained(base, path)
     return model.merge_and_unload() if merge else model
 
 
 def _seq_cls(path: str, **kwargs) -> PreTrainedModel:
     """A one-label classifier: a full folder, or a SEQ_CLS adapter (with its score head) merged into its base."""
-    adapter = read_adapter_config(path)
+    adapter = adapter_config(path)
     if adapter is None:
         return _load(AutoModelForSequenceClassification, path, num_labels=1, **kwargs)
-    base = _load(AutoModelForSequenceClassification, adapter["base_model_name_or_path"], num_labels=1, **kwargs)
+    base = _load(AutoModelForSequenceClassification, adapter_base(path), num_labels=1, **kwargs)
     return PeftModel.from_pretrained(base, path).merge_and_unload()
 
 
@@ -360,8 +352,8 @@ def _load_base(auto_class, path: str, quantization_config, **kwargs) -> PreTrain
 
 def _load_lora(policy_path, reward_path, value_path, peft_config, quantization_config, **kwargs) -> PPOModels:
     # Policy and reference: one base; the policy is adapter "default", the reference is the base (or "ref").
-    sft_adapter = read_adapter_config(policy_path)
-    policy_base = sft_adapter["base_model_name_or_path"] if sft_adapter else policy_path
+    sft_adapter = adapter_config(policy_path)
+    policy_base = adapter_base(policy_path) if sft_adapter else policy_path
     base = _load_base(AutoModelForCausalLM, policy_base, quantization_config, **kwargs)
     if sft_adapter:
         host = PeftModel.from_pretrained(base, policy_path, adapter_name=POLICY, is_trainable=True)
@@ -382,12 +374,12 @@ def _load_lora(policy_path, reward_path, value_path, peft_config, quantization_c
     reward = None
     critic, critic_base = host, policy_base
     if reward_path:
-        reward_adapter = read_adapter_config(reward_path)
-        if reward_adapter and _same_model(reward_adapter["base_model_name_or_path"], policy_base):
+        reward_adapter = adapter_config(reward_path)
+        if reward_adapter and _same_model(adapter_base(reward_path), policy_base):
             host, head = attach_scalar_adapter(host, reward_path, REWARD, trainable=False)
             reward = ScalarModel(host, head, REWARD)
         elif reward_adapter:
-            critic_base = reward_adapter["base_model_name_or_path"]
+            critic_base = adapter_base(reward_path)
             seq_cls = _load_base(AutoModelForSequenceClassification, critic_base, quantization_config, **kwargs)
             critic, head = attach_scalar_adapter(seq_cls, reward_path, REWARD, trainable=False)
             reward = ScalarModel(critic, head, REWARD)
@@ -406,8 +398,8 @@ def _load_lora(policy_path, reward_path, value_path, peft_config, quantization_c
             )
         value_head = copy.deepcopy(reward.head).requires_grad_(True)
     elif value_path:
-        value_adapter = read_adapter_config(value_path)
-        if value_adapter is None or not _same_model(value_adapter["base_model_name_or_path"], critic_base):
+        value_adapter = adapter_config(value_path)
+        if value_adapter is None or not _same_model(adapter_base(value_path), critic_base):
             raise ModelError(
                 f"value_model_path {value_path}: in LoRA mode the value model must be a SEQ_CLS LoRA adapter on the "
                 f"reward model's base ({critic_base}); leave it unset to start from the reward model."
