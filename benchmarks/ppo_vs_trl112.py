@@ -179,29 +179,11 @@ def worker_alignkit(spec: dict) -> dict:
     args = PPOConfig(
         output_dir=spec["output_dir"],
         per_device_train_batch_size=s["rollout_batch"] // s["num_mini_batches"],
-        gradient_accumulation_steps=1,
-        num_mini_batches=s["num_mini_batches"],
-        num_ppo_epochs=s["num_ppo_epochs"],
         num_updates=s["num_updates"],
         max_new_tokens=s["response_length"],
-        temperature=s["temperature"],
-        stop_token="eos" if s["stop_at_eos"] else None,
-        kl_coef=s["kl_coef"],
-        cliprange=s["cliprange"],
-        cliprange_value=s["cliprange_value"],
-        vf_coef=s["vf_coef"],
-        gamma=s["gamma"],
-        lam=s["lam"],
-        learning_rate=s["learning_rate"],
-        lr_scheduler_type="constant",
         max_grad_norm=0.0,  # TRL 1.12's PPO never clips
         activation_checkpointing=False,
-        bf16=False,
-        use_cpu=True,
-        report_to="none",
-        save_strategy="no",
-        disable_tqdm=True,
-        seed=s["seed"],
+        **shared_args(s),
     )
     trainer = PPOTrainer(args, models, tokenizer, [{"prompt": p} for p in spec["prompts"]])
     rss_after_init = current_rss_mb()  # weights loaded from safetensors are memory-mapped: they count once touched
@@ -225,6 +207,17 @@ def worker_alignkit(spec: dict) -> dict:
     )
 
 
+def shared_args(s: dict) -> dict:
+    """The settings both trainers spell the same way, so the two sides cannot drift apart."""
+    same = ("num_mini_batches", "num_ppo_epochs", "temperature", "kl_coef", "cliprange", "cliprange_value", "vf_coef",
+            "gamma", "lam", "learning_rate", "seed")
+    # gradient_accumulation_steps=1: with more, TRL 1.12 ignores num_mini_batches.
+    return {k: s[k] for k in same} | dict(
+        gradient_accumulation_steps=1, stop_token="eos" if s["stop_at_eos"] else None, lr_scheduler_type="constant",
+        bf16=False, use_cpu=True, report_to="none", save_strategy="no", disable_tqdm=True,
+    )
+
+
 def worker_trl(spec: dict) -> dict:
     import torch
     from datasets import Dataset
@@ -243,30 +236,12 @@ def worker_trl(spec: dict) -> dict:
     args = PPOConfig(
         output_dir=spec["output_dir"],
         per_device_train_batch_size=s["rollout_batch"],  # TRL 1.12: rollout batch = per_device * grad_accum
-        gradient_accumulation_steps=1,  # with > 1, TRL 1.12 ignores num_mini_batches
-        num_mini_batches=s["num_mini_batches"],
-        num_ppo_epochs=s["num_ppo_epochs"],
         total_episodes=s["num_updates"] * s["rollout_batch"],
         response_length=s["response_length"],
-        temperature=s["temperature"],
-        stop_token="eos" if s["stop_at_eos"] else None,
-        kl_coef=s["kl_coef"],
-        cliprange=s["cliprange"],
-        cliprange_value=s["cliprange_value"],
-        vf_coef=s["vf_coef"],
-        gamma=s["gamma"],
-        lam=s["lam"],
-        learning_rate=s["learning_rate"],
-        lr_scheduler_type="constant",
         gradient_checkpointing=False,
-        bf16=False,
-        use_cpu=True,
-        report_to="none",
-        save_strategy="no",
         logging_steps=1,
         num_sample_generations=0,
-        disable_tqdm=True,
-        seed=s["seed"],
+        **shared_args(s),
     )
     recorder = Recorder()
     latest: dict = {}

@@ -158,7 +158,7 @@ def _read(path: Path) -> list[dict]:
 
 def test_write_world_is_deterministic_and_well_formed(world: World, tmp_path: Path) -> None:
     a = write_world(world, tmp_path / "a", n_pretrain_docs=300, n_test_docs=50)
-    b = write_world(make_world(0), tmp_path / "b", n_pretrain_docs=300, n_test_docs=50)
+    write_world(make_world(0), tmp_path / "b", n_pretrain_docs=300, n_test_docs=50)
     assert set(a) == {"pretrain", "sft", "preference", "heldout_prompts"}
     files_a = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.jsonl"))
     files_b = sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*.jsonl"))

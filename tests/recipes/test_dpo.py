@@ -4,7 +4,6 @@ import json
 import math
 
 import pytest
-import torch
 from conftest import FAST, run_stage, write_jsonl
 
 from alignkit import models
