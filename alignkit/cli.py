@@ -4,6 +4,10 @@
     alignkit demo [--output_dir outputs/demo] [--seed 0]   the offline demo, every stage on a tiny model
     alignkit eval --policy DIR --reference DIR [--reward_model DIR] --prompts FILE.jsonl
                                                            a policy against its reference: rewards, win rate, KL
+    alignkit run <pipeline.yaml> [--from STAGE]            every stage of a pipeline, each fed the earlier ones' outputs
+    alignkit check <config-or-pipeline.yaml>               validate configs, data, models and memory without training
+    alignkit merge <stage_output> --output_dir DIR         merge an adapter into its base and save the full model
+    alignkit push <folder> <repo_id> [--public]            upload a stage's output to the Hub
 
 `--debug` anywhere shows the full traceback of an error instead of its one-line message.
 """
@@ -47,6 +51,17 @@ def run_recipe(stage: str, args: list[str] | None = None, main: Callable | None 
         _fail(e)
 
 
+# Commands other than the stages: each is `main(argv)` of its module.
+COMMANDS = {
+    "demo": "alignkit.demo.run",
+    "eval": "alignkit.evaluation",
+    "run": "alignkit.pipeline",
+    "check": "alignkit.check",
+    "merge": "alignkit.hub",
+    "push": "alignkit.hub",
+}
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -54,28 +69,21 @@ def main(argv: list[str] | None = None) -> None:
         return
     command, rest = argv[0], argv[1:]
     if command in STAGES:
-        run_recipe(command, rest)
-    elif command == "demo":
-        from alignkit.demo.run import main as demo_main
-
-        try:
-            demo_main(rest)
-        except AlignkitError as e:
-            _fail(e)
-    elif command == "eval":
-        debug = "--debug" in rest
-        rest = [a for a in rest if a != "--debug"]
-        try:
-            from alignkit.evaluation import main as eval_main
-
-            eval_main(rest)
-        except AlignkitError as e:
-            if debug:
-                raise
-            _fail(e)
-    else:
-        print(f"alignkit: unknown command '{command}'; expected one of {', '.join(STAGES + ('demo', 'eval'))}.", file=sys.stderr)
+        return run_recipe(command, rest)
+    if command not in COMMANDS:
+        print(f"alignkit: unknown command '{command}'; expected one of {', '.join(STAGES + tuple(COMMANDS))}.", file=sys.stderr)
         sys.exit(2)
+    debug = "--debug" in rest
+    rest = [a for a in rest if a != "--debug"]
+    try:
+        module = importlib.import_module(COMMANDS[command])
+        # A module serving several commands (merge, push) has one `<command>_main` each.
+        entry = getattr(module, f"{command}_main", None) or module.main
+        return entry(rest)
+    except AlignkitError as e:
+        if debug:
+            raise
+        _fail(e)
 
 
 if __name__ == "__main__":
