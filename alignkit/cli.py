@@ -14,9 +14,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from alignkit.errors import AlignkitError
 
@@ -44,7 +46,17 @@ def run_recipe(stage: str, args: list[str] | None = None, main: Callable | None 
         from alignkit.config import STAGE_ARGS, parse_args
 
         main = main or importlib.import_module(f"alignkit.recipes.{stage}").main
-        return main(*parse_args(STAGE_ARGS[stage], args))
+        parsed = parse_args(STAGE_ARGS[stage], args)
+        output_dir = Path(getattr(parsed[1], "output_dir", None) or ".")
+        existed = output_dir.exists()
+        try:
+            return main(*parsed)
+        except AlignkitError:
+            # The trainer creates output_dir as it starts; a run refused after that leaves no empty folder behind.
+            if not existed and output_dir.is_dir() and not any(output_dir.iterdir()):
+                with contextlib.suppress(OSError):  # another process of the run removed it first
+                    output_dir.rmdir()
+            raise
     except AlignkitError as e:
         if debug:
             raise
@@ -68,8 +80,10 @@ def main(argv: list[str] | None = None) -> None:
         print(__doc__.strip())
         return
     command, rest = argv[0], argv[1:]
+    # Return nothing: the console script passes main's result to sys.exit, which would print a trainer and exit 1.
     if command in STAGES:
-        return run_recipe(command, rest)
+        run_recipe(command, rest)
+        return
     if command not in COMMANDS:
         print(f"alignkit: unknown command '{command}'; expected one of {', '.join(STAGES + tuple(COMMANDS))}.", file=sys.stderr)
         sys.exit(2)
@@ -79,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
         module = importlib.import_module(COMMANDS[command])
         # A module serving several commands (merge, push) has one `<command>_main` each.
         entry = getattr(module, f"{command}_main", None) or module.main
-        return entry(rest)
+        entry(rest)
     except AlignkitError as e:
         if debug:
             raise

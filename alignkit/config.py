@@ -9,9 +9,11 @@ device defaults that work on the machine at hand.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import enum
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +25,7 @@ import yaml
 from trl import DPOConfig, ModelConfig, RewardConfig, SFTConfig, TrlParser
 
 from alignkit.errors import ConfigError
+from alignkit.hub import take_hub_settings
 from alignkit.ppo.config import PPOConfig
 from alignkit.preflight import closest_hint, load_yaml, split_config_arg
 
@@ -136,16 +139,54 @@ def _device_defaults(explicit: set[str], dataclass_types) -> dict[str, Any]:
     return defaults
 
 
-def parse_args(dataclass_types, args: list[str] | None = None) -> tuple:
+def _value_problems(parser: TrlParser, config: dict[str, Any], source: str) -> list[str]:
+    """
+    YAML values the parser would not convert. argparse converts only string defaults, so `num_train_epochs: [1]`
+    or `max_length: {a: 1}` would otherwise reach the trainer and fail deep inside it with a bare TypeError.
+    """
+    actions = {a.dest: a for a in parser._actions}
+    problems = []
+    for key, value in config.items():
+        action = actions.get(key)
+        if action is None or value is None or action.type in (None, str) or isinstance(action.type, type(enum.Enum)):
+            continue  # free-form fields (str, dicts and lists given as YAML) are checked by their dataclass
+        values = value if action.nargs in ("+", "*") and isinstance(value, list) else [value]
+        for item in values:
+            try:
+                if isinstance(item, (list, dict)):
+                    raise ValueError
+                converted = action.type(item if isinstance(item, str) else str(item))
+                if action.choices and converted not in action.choices:
+                    raise ValueError
+            except (ValueError, TypeError, argparse.ArgumentTypeError):
+                kind = getattr(action.type, "__name__", "value").replace("string_to_bool", "bool (true/false)")
+                kind = "value" if kind == "<lambda>" else kind
+                if action.choices:
+                    hint = closest_hint(str(item), map(str, action.choices)) or f" (one of {', '.join(map(str, action.choices[:8]))}, ...)"
+                    problems.append(f"{source}: `{key}` cannot be {item!r}{hint}.")
+                else:
+                    article = "a single " if isinstance(item, (list, dict)) else ("an " if kind[0] in "aeiou" else "a ")
+                    problems.append(f"{source}: `{key}` must be {article}{kind}, got {item!r}.")
+                break
+    return problems
+
+
+def parse_args(
+    dataclass_types, args: list[str] | None = None, config: dict[str, Any] | None = None, source: str | None = None
+) -> tuple:
     """
     Parse `--config file.yaml` plus CLI overrides into `dataclass_types`, strictly.
 
     Unknown keys (in the YAML or on the command line) are an error naming the closest valid key; a YAML `env:`
-    block is exported as TRL does.
+    block is exported as TRL does. `config` gives the YAML's settings already loaded (e.g. a pipeline stage's,
+    named `source` in errors) instead of `--config`.
     """
     path, args = split_config_arg(list(sys.argv[1:] if args is None else args))
-    config: dict[str, Any] = load_yaml(path) if path else {}
-    source = path or "command line"
+    if config is None:
+        config = load_yaml(path) if path else {}
+    else:
+        config = dict(config)
+    source = source or path or "command line"
     if config:
         env = config.pop("env", {})
         if not isinstance(env, dict):
@@ -154,22 +195,59 @@ def parse_args(dataclass_types, args: list[str] | None = None) -> tuple:
 
     parser = _StrictParser(dataclass_types)  # a fresh parser per parse: TrlParser keeps YAML values as defaults
     valid = _parser_keys(parser)
-    for key in config:
-        if key not in valid:
-            raise ConfigError(f"{source}: unknown key '{key}'{closest_hint(key, valid)}.")
+    # Every problem at once, one line each, so a user fixes the config in one go.
+    problems = [f"{source}: unknown key '{key}'{closest_hint(key, valid)}." for key in config if key not in valid]
     cli_keys = _cli_keys(args)
-    for key in cli_keys:
-        if key not in valid:
-            raise ConfigError(f"unknown command-line option '--{key}'{closest_hint(key, valid)}.")
+    problems += [
+        f"unknown command-line option '--{key}'{closest_hint(key, valid)}." for key in cli_keys if key not in valid
+    ]
+    problems += _value_problems(parser, {k: v for k, v in config.items() if k in valid}, source)
+    if problems:
+        raise ConfigError("\n".join(problems))
 
     explicit = set(config) | set(cli_keys)
     parser.set_defaults_with_config(**{**_device_defaults(explicit, dataclass_types), **config})
     try:
-        return parser.parse_args_into_dataclasses(args=args)
+        parsed = parser.parse_args_into_dataclasses(args=args)
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
     except (ValueError, TypeError) as e:  # a dataclass's __post_init__ rejecting a combination of values
         raise ConfigError(f"{source}: {e}") from None
+    for parsed_config in parsed:  # alignkit, not the Trainer, pushes the saved output; hub_token stays off disk
+        take_hub_settings(parsed_config)
+    problems = _late_problems(parsed, source)
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return parsed
+
+
+# Sizes the trainers accept in their configs but fail on later (in the data loader, after loading the model).
+POSITIVE_KEYS = ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps")
+
+
+def _late_problems(parsed, source: str) -> list[str]:
+    """Values the dataclasses accept but the run would reject only after loading the model, with a traceback."""
+    problems = []
+    for config in parsed:
+        for key in POSITIVE_KEYS:
+            value = getattr(config, key, None)
+            if isinstance(value, int) and value < 1:
+                problems.append(f"{source}: `{key}` must be at least 1, got {value}.")
+        # TRL's `loss_type` is a free string (list) that a trainer rejects only at its first step; the valid
+        # names are those its help text lists.
+        f = next((f for f in dataclasses.fields(config) if f.name == "loss_type"), None)
+        help_text = f.metadata.get("help", "") if f else ""
+        valid = re.findall(r"`'([\w-]+)'`", help_text.partition("Possible values are")[2])
+        values = getattr(config, "loss_type", None)
+        for value in [values] if isinstance(values, str) else values or []:
+            if valid and value not in valid:
+                problems.append(
+                    f"{source}: `loss_type` cannot be {value!r}{closest_hint(value, valid)}; use one of {', '.join(valid)}."
+                )
+        # A 4/8-bit base cannot be trained itself, only adapters on it (QLoRA).
+        if (getattr(config, "load_in_4bit", False) or getattr(config, "load_in_8bit", False)) and not config.use_peft:
+            problems.append(f"{source}: load_in_4bit/load_in_8bit trains adapters only: set `use_peft: true` (QLoRA) or drop it.")
+    return problems
 
 
 def _plain(value):
@@ -202,6 +280,8 @@ def resolved_config(*configs) -> dict[str, Any]:
             value = getattr(config, f.name)
             if value != _field_default(f):
                 resolved[f.name] = _plain(value)
+        if getattr(config, "alignkit_push_to_hub", False):  # turned off for the Trainer by take_hub_settings
+            resolved["push_to_hub"] = True
     return resolved
 
 

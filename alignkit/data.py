@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from datasets import Dataset, DatasetDict, load_dataset
+from datasets.utils import logging as datasets_logging
 from transformers.utils import logging
 
 from alignkit.errors import DataError
@@ -65,14 +66,19 @@ def _find_bad_line(files: list[Path]) -> str | None:
 
 
 def _is_blank(file: Path) -> bool:
+    """No rows: only blank lines (or, for a CSV, only its header line)."""
     with open(file, "rb") as f:
-        return not any(line.strip() for line in f)
+        lines = sum(1 for line in f if line.strip())
+    return lines <= (1 if file.suffix == ".csv" else 0)
 
 
 def _load_local(path: Path, config_name: str | None) -> DatasetDict:
     files = _data_files(path)
     if not files:
         raise DataError(f"{path} holds no data files ({', '.join(BUILDERS)}).")
+    # `datasets` logs a parse failure with its full traceback before raising; the DataError below says it in a line.
+    verbosity = datasets_logging.get_verbosity()
+    datasets_logging.set_verbosity(datasets_logging.CRITICAL)
     try:
         if path.is_file():
             ds = load_dataset(BUILDERS[path.suffix], data_files=str(path))
@@ -93,6 +99,8 @@ def _load_local(path: Path, config_name: str | None) -> DatasetDict:
             raise DataError(f"{blank[0]} is empty: it has no rows to train on.") from None
         reason = str(e).splitlines()[0] if str(e) else "no details"
         raise DataError(f"Could not read {path}: {type(e).__name__}: {reason}") from None
+    finally:
+        datasets_logging.set_verbosity(verbosity)
     return ds
 
 
@@ -339,7 +347,7 @@ def truncate_prompts(dataset: Dataset, tokenizer, max_length: int) -> Dataset:
 
     def length(prompt, answer) -> int:
         if _conversational(answer):
-            return len(tokenizer.apply_chat_template(prompt + answer, tokenize=True))
+            return len(tokenizer.apply_chat_template(prompt + answer, tokenize=True, return_dict=False))  # ids, not a BatchEncoding
         return len(tokenizer(prompt + answer)["input_ids"]) + 1  # + the EOS the trainer appends
 
     def cut(row):

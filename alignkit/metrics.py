@@ -6,7 +6,7 @@ import torch
 
 
 @torch.no_grad()
-def reward_stats(trainer, batch_size: int = 32) -> dict[str, float]:
+def reward_stats(trainer, batch_size: int | None = None) -> dict[str, float]:
     """
     A reward model's scores on its eval split (train if none), read from the trainer's own tokenised pairs so
     they are scored exactly as in training: pairwise accuracy and mean margin, the score distribution (for
@@ -14,6 +14,7 @@ def reward_stats(trainer, batch_size: int = 32) -> dict[str, float]:
     pair, beside how often the data's chosen answer is the longer one.
     """
     dataset = trainer.eval_dataset if trainer.eval_dataset is not None else trainer.train_dataset
+    batch_size = batch_size or trainer.args.per_device_eval_batch_size  # pairs per forward, as in evaluation
     model = trainer.model
     was_training = model.training
     model.eval()

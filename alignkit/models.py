@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -31,7 +32,16 @@ def _load_error(kind: str, name: str, error: Exception) -> ModelError:
             f"{name} runs its own code to load; set `trust_remote_code: true` only if you trust that repository."
         )
     if not Path(name).exists() and (name.startswith((".", "/", "~")) or name.count("/") > 1):
-        return ModelError(f"{kind} folder not found: {name}")
+        return ModelError(f"{kind} folder not found: {name}; fix the path (a local folder, or a Hub id like owner/name).")
+    if Path(name).is_file():
+        return ModelError(f"{name} is a file; point model_name_or_path at the folder that holds the model.")
+    if Path(name).is_dir() and not (Path(name) / "config.json").is_file() and adapter_config(name) is None:
+        return ModelError(
+            f"{name} is not a model folder (no config.json or adapter_config.json); point model_name_or_path at a "
+            "folder written by save_pretrained, an earlier stage's output_dir, or a Hub id."
+        )
+    if kind == "Tokenizer" and Path(name).is_dir() and not any(Path(name).glob("tokenizer*")):
+        return ModelError(f"{name} has no tokenizer files (tokenizer.json, tokenizer_config.json); save the tokenizer there too.")
     first = message.strip().splitlines()[0] if message.strip() else type(error).__name__
     return ModelError(
         f"Could not load the {kind.lower()} from '{name}': {first} "
@@ -45,6 +55,11 @@ def load_tokenizer(model_args: ModelConfig, trust_remote_code: bool = False, cha
     base defines none) and a chat template (`chat_template_path`, else the base's own, else alignkit's default).
     """
     name = model_args.model_name_or_path
+    if not name:
+        raise ModelError("No model given: set `model_name_or_path` to a Hub id or a local model folder.")
+    # An adapter saved without its tokenizer uses its base's.
+    if adapter_config(name) is not None and not any(Path(name).glob("tokenizer*")):
+        name = adapter_base(name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(
             name, revision=model_args.model_revision, trust_remote_code=trust_remote_code
@@ -53,11 +68,21 @@ def load_tokenizer(model_args: ModelConfig, trust_remote_code: bool = False, cha
         raise _load_error("Tokenizer", name, e) from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if chat_template_path and not Path(chat_template_path).is_file():
+        raise ModelError(f"chat_template_path: {chat_template_path} not found; point it at a .jinja chat template file.")
     if chat_template_path:
         tokenizer.chat_template = Path(chat_template_path).read_text(encoding="utf-8")
     elif not tokenizer.chat_template:
         tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE.read_text(encoding="utf-8")
     return tokenizer
+
+
+def load_model_config(name: str, revision: str | None = None, trust_remote_code: bool = False):
+    """The model's config (no weights): enough to know it exists, loads, and whether it needs remote code."""
+    try:
+        return AutoConfig.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise _load_error("Model", name, e) from None
 
 
 def _dtype(name: str | None):
@@ -88,6 +113,12 @@ def adapter_base(path: str | Path) -> str | None:
         raise ModelError(
             f"{path} is an adapter on {base}, which is no longer there; "
             f"point base_model_name_or_path in {file} at the base's new folder or Hub id."
+        )
+    if not any((Path(path) / f"adapter_model.{ext}").is_file() for ext in ("safetensors", "bin")):
+        # peft would look the folder up on the Hub and fail with the same misleading "Repo id" error
+        raise ModelError(
+            f"{path} has adapter_config.json but no adapter weights (adapter_model.safetensors); "
+            "the run that wrote it did not finish: rerun it or point at a complete adapter folder."
         )
     return base
 
@@ -176,6 +207,20 @@ def new_peft_config(model, model_args: ModelConfig, reward: bool = False):
     if isinstance(model, PeftModel) or not model_args.use_peft:
         return None
     config = get_peft_config(model_args)
+    # peft fails inside the trainer on a target that matches no module, naming no config key; fail here instead.
+    # As peft matches them: a list by module-name suffix, a single string as a regex over full module names.
+    targets, names = config.target_modules, [name for name, _ in model.named_modules()]
+    if isinstance(targets, str) and targets != "all-linear":
+        missing = [] if any(re.fullmatch(targets, name) for name in names) else [targets]
+    else:
+        suffixes = {name.rsplit(".", 1)[-1] for name in names}
+        missing = sorted(t for t in targets or () if t not in suffixes) if not isinstance(targets, str) else []
+    if missing:
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+        raise ModelError(
+            f"lora_target_modules: {', '.join(missing)} matches no module of {model_args.model_name_or_path}; "
+            f"use some of {', '.join(linear)}, or all-linear."
+        )
     if reward:  # without SEQ_CLS, "all-linear" puts a LoRA on the score head instead of training it (and loses it)
         config.task_type = "SEQ_CLS"
     return config

@@ -91,14 +91,17 @@ def check(stage: str, args: list[str]) -> None:
     config.pop("env", None)
     overrides = cli_values(rest)
     valid = known_keys(stage)
-    if valid is not None:
-        for key in config:
-            if key not in valid:
-                raise ConfigError(f"{path}: unknown key '{key}'{closest_hint(key, valid)}.")
-        for key in overrides:
-            if key.replace("-", "_") not in valid:
-                raise ConfigError(f"unknown command-line option '--{key}'{closest_hint(key, valid)}.")
+    if valid is not None:  # every unknown key at once, one line each
+        unknown = [f"{path}: unknown key '{key}'{closest_hint(key, valid)}." for key in config if key not in valid]
+        unknown += [
+            f"unknown command-line option '--{key}'{closest_hint(key, valid)}."
+            for key in overrides if key.replace("-", "_") not in valid
+        ]
+        if unknown:
+            raise ConfigError("\n".join(unknown))
     settings = {**config, **{k: v for k, v in overrides.items() if v is not None}}
+    if stage == "ppo" and not settings.get("reward_model_path"):
+        raise ConfigError(f"{path or 'command line'}: PPO needs `reward_model_path`: the reward stage's output folder.")
     name = settings.get("dataset_name")
     if stage in STAGE_DATA and name and Path(str(name)).expanduser().exists():  # Hub data waits for the full run
         from alignkit import data  # `datasets` imports in under a second

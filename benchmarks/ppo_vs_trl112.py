@@ -5,7 +5,8 @@
 TRL 1.12.0 lives in a throw-away virtualenv (created on the first run, reused after): the CPU torch wheel this
 machine holds, and trl==1.12.0 with the transformers/peft/accelerate/datasets versions of alignkit's own venv.
 Each side trains in its own subprocess (`--worker alignkit|trl`, this file run by that venv's Python), so both are
-measured the same way: seconds per PPO update (median, the first update left out as warm-up), peak RSS of the
+measured the same way: seconds per PPO update (median, the first update left out as warm-up; wall time, which the
+bars use, and the process's CPU time, which other jobs on a shared machine disturb far less), peak RSS of the
 process, real optimiser steps per update (counted with a step hook on the torch optimiser), and the score and KL
 of every update.
 
@@ -100,6 +101,9 @@ class Recorder:
     def __init__(self):
         self.start = time.perf_counter()
         self.ends: list[float] = []
+        # CPU seconds of this process too: on a shared machine other jobs stretch wall time, hardly CPU time.
+        self.cpu_start = time.process_time()
+        self.cpu_ends: list[float] = []
         self.steps_at_end: list[int] = []
         self.gc_at_end: list[float] = []
         self.steps = 0
@@ -126,17 +130,20 @@ class Recorder:
 
     def end_update(self, stats: dict) -> None:
         self.ends.append(time.perf_counter())
+        self.cpu_ends.append(time.process_time())
         self.steps_at_end.append(self.steps)
         self.gc_at_end.append(self.gc_seconds)
         self.history.append(stats)
 
     def result(self, **extra) -> dict:
         times = [b - a for a, b in zip([self.start] + self.ends, self.ends)]
+        cpu_times = [b - a for a, b in zip([self.cpu_start] + self.cpu_ends, self.cpu_ends)]
         steps = [b - a for a, b in zip([0] + self.steps_at_end, self.steps_at_end)]
         gc_seconds = (self.gc_at_end[-1] - self.gc_at_end[0]) / (len(times) - 1)  # in the measured updates
         return {
             "seconds_per_update": statistics.median(times[1:]),
             "update_seconds": [round(t, 3) for t in times],
+            "cpu_seconds_per_update": statistics.median(cpu_times[1:]),
             "optimizer_steps_per_update": steps,
             "peak_rss_mb": round(peak_rss_mb(), 1),
             "gc_seconds_per_update": round(gc_seconds, 4),
@@ -196,7 +203,7 @@ def worker_alignkit(spec: dict) -> dict:
         recorder.end_update(trainer.log_history[-1])
 
     trainer._log = logged
-    recorder.start, recorder.gc_seconds = time.perf_counter(), 0.0
+    recorder.start, recorder.cpu_start, recorder.gc_seconds = time.perf_counter(), time.process_time(), 0.0
     trainer.train()
     if trainer.optimizer_steps != recorder.steps:
         raise RuntimeError(f"alignkit counted {trainer.optimizer_steps} optimiser steps, the hook {recorder.steps}")
@@ -272,7 +279,7 @@ def worker_trl(spec: dict) -> dict:
     )
     rss_after_init = current_rss_mb()
     recorder.hook(trainer.optimizer)
-    recorder.start, recorder.gc_seconds = time.perf_counter(), 0.0
+    recorder.start, recorder.cpu_start, recorder.gc_seconds = time.perf_counter(), time.process_time(), 0.0
     trainer.train()
     return recorder.result(
         rss_after_init_mb=rss_after_init,
@@ -455,7 +462,7 @@ def report(rows: list[dict], runs: dict[str, dict], settings: dict, threads: int
           f"{'<= ' if settings['stop_at_eos'] else ''}{settings['response_length']} tokens, temperature "
           f"{settings['temperature']}, kl_coef {settings['kl_coef']}, {settings['num_updates']} updates (median of the "
           f"last {settings['num_updates'] - 1}), gradient_accumulation_steps=1, OMP_NUM_THREADS={threads}")
-    header = (f"{'size':<6}{'mode':<18}{'side':<9}{'s/update':>9}{'gc s/upd':>9}{'peak MB':>9}{'steps/upd':>10}"
+    header = (f"{'size':<6}{'mode':<18}{'side':<9}{'s/update':>9}{'cpu s/upd':>10}{'gc s/upd':>9}{'peak MB':>9}{'steps/upd':>10}"
               f"{'trainable':>12}  optimizer")
     print(header + "\n" + "-" * len(header))
     for row in rows:
@@ -463,9 +470,11 @@ def report(rows: list[dict], runs: dict[str, dict], settings: dict, threads: int
             r = row[side]
             steps = "/".join(map(str, sorted(set(r["optimizer_steps_per_update"]))))
             print(f"{row['size'] if side == 'alignkit' else '':<6}{row['mode'] if side == 'alignkit' else '':<18}"
-                  f"{side:<9}{r['seconds_per_update']:>9.3f}{r['gc_seconds_per_update']:>9.3f}{r['peak_rss_mb']:>9.0f}"
+                  f"{side:<9}{r['seconds_per_update']:>9.3f}{r['cpu_seconds_per_update']:>10.3f}"
+                  f"{r['gc_seconds_per_update']:>9.3f}{r['peak_rss_mb']:>9.0f}"
                   f"{steps:>10}{r['trainable_parameters']:>12,}  {r['optimizer']}")
-        print(f"{'':<24}{'ratio':<9}{row['time_ratio']:>9.2f}{'':>9}{row['memory_ratio']:>9.2f}   time ratio "
+        print(f"{'':<24}{'ratio':<9}{row['time_ratio']:>9.2f}{row['cpu_time_ratio']:>10.2f}{'':>9}"
+              f"{row['memory_ratio']:>9.2f}   time ratio "
               f"{row['time_ratio_without_trl_gc']:.2f} without TRL's gc time; TRL: {trl_kind[row['mode']]}")
     print("\nscore (reward model) / KL to the reference (summed over the response), per update:")
     for name, r in runs.items():
@@ -560,6 +569,7 @@ def main():
     for row in rows:
         ours, theirs = row["alignkit"], row["trl"]
         row["time_ratio"] = ours["seconds_per_update"] / theirs["seconds_per_update"]
+        row["cpu_time_ratio"] = ours["cpu_seconds_per_update"] / theirs["cpu_seconds_per_update"]
         row["memory_ratio"] = ours["peak_rss_mb"] / theirs["peak_rss_mb"]
         # TRL 1.12 calls gc.collect() twice per update; what the ratio would be without any collector time.
         row["time_ratio_without_trl_gc"] = ours["seconds_per_update"] / (

@@ -8,6 +8,7 @@ trained in full and saved with the adapter. The output records the score distrib
 normalise rewards later) and how often the model simply prefers the longer answer.
 """
 
+from transformers import set_seed
 from trl import ModelConfig, RewardConfig, RewardTrainer
 
 from alignkit import data, metrics, models, outputs
@@ -23,6 +24,7 @@ def main(script_args: ScriptArguments, training_args: RewardConfig, model_args: 
     )
 
     tokenizer = models.load_tokenizer(model_args, training_args.trust_remote_code, getattr(training_args, "chat_template_path", None))
+    set_seed(training_args.seed)  # the new score head starts from random weights
     model = models.load_model(
         model_args, training_args.trust_remote_code, gradient_checkpointing=training_args.gradient_checkpointing, reward=True
     )

@@ -1,4 +1,4 @@
-"""The GPU check's CPU-runnable path: the same code, a tiny model, a couple of steps."""
+"""The benchmarks' CPU-runnable paths: the same code as on a GPU, a tiny model, a couple of steps."""
 
 import json
 import subprocess
@@ -7,13 +7,26 @@ import sys
 from conftest import REPO
 
 
-def test_gpu_check_runs_every_mode_on_a_tiny_model(tmp_path):
+def test_gpu_check_runs_every_mode_and_a_preset_launch_on_a_tiny_model(tmp_path):
     out = tmp_path / "gpu_check.json"
     cmd = [sys.executable, "benchmarks/gpu_check.py", "--sizes", "tiny", "--steps", "2", "--ppo_updates", "1",
-           "--max_length", "64", "--out", str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
+           "--max_length", "64", "--presets", "single_gpu", "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=400, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = json.loads(out.read_text())["rows"]
-    assert [r["mode"] for r in rows] == ["qlora_4bit", "lora_bf16", "ppo_lora"]
+    assert [r["mode"] for r in rows] == ["qlora_4bit", "lora_bf16", "ppo_lora", "preset_single_gpu"]
     assert all("error" not in r for r in rows), rows
     assert all(r["tokens_per_s"] > 0 for r in rows[:2]) and rows[2]["seconds_per_update"] > 0
+    assert all(r["estimate_gib"] > 0 for r in rows)  # printed beside each measured peak
+    preset = rows[3]
+    assert preset["distributed_type"] == "NO" and preset["num_processes"] == 1 and preset["adapter_reloaded"]
+    assert proc.stdout.count("memory estimate: ~") == 2  # each recipe run prints one before training
+
+
+def test_the_memory_estimate_is_within_25_percent_of_the_measured_peak_at_the_tiny_size():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import memory_estimate
+
+    rows = memory_estimate.main(["--sizes", "tiny", "--stages", "sft,reward", "--steps", "1"])
+    assert [r["stage"] for r in rows] == ["sft", "reward"]
+    assert all(0.75 <= r["ratio"] <= 1.25 for r in rows), rows

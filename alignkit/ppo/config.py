@@ -41,8 +41,9 @@ class PPOConfig(TrainingArguments):
         temperature (`float`, *optional*, defaults to `1.0`):
             Sampling temperature; log-probabilities are computed at the same temperature.
         generation_batch_size (`int` or `None`, *optional*, defaults to `None`):
-            Prompts per `generate` call. `None`: the whole rollout batch in one call, which is fastest; lower it
-            when the KV cache of a long generation does not fit.
+            Prompts per `generate` call (and per value and reward forward of the samples, which need less memory).
+            `None`: the whole rollout batch in one call, which is fastest; lower it when the KV cache of a long
+            generation does not fit.
         stop_token (`str` or `None`, *optional*, defaults to `"eos"`):
             `"eos"`: responses end at the tokenizer's EOS token (kept, and scored by the reward model as in its
             training data); `None`: at `stop_token_id`, or only at `max_new_tokens` when that is unset too.
@@ -99,7 +100,8 @@ class PPOConfig(TrainingArguments):
             Allow models that run their own code to load.
         kl_limit (`float` or `None`, *optional*, defaults to `None`):
             Health monitor: stop with an error, keeping the last good checkpoint, when the mean per-sequence KL to
-            the reference exceeds this. (A non-finite score, loss or gradient always stops the run.)
+            the reference exceeds this. (A non-finite score or loss always stops the run; with `max_grad_norm`,
+            a non-finite gradient norm too.)
 
     Defaults that differ from `TrainingArguments`: `learning_rate=3e-6`, `logging_steps=1`, `save_steps=100`.
     """
@@ -122,8 +124,8 @@ class PPOConfig(TrainingArguments):
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature."})
     generation_batch_size: int | None = field(
         default=None,
-        metadata={"help": "Prompts per generate call; None: the whole rollout batch at once (lower it if the KV "
-                  "cache does not fit)."},
+        metadata={"help": "Prompts per generate call (and value/reward forward of the samples); None: the whole "
+                  "rollout batch at once (lower it if the KV cache does not fit)."},
     )
     stop_token: str | None = field(
         default="eos", metadata={"help": "'eos': responses end at the EOS token; None: see stop_token_id."}

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
-from transformers import GenerationConfig, PreTrainedTokenizerBase, get_scheduler
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, PreTrainedTokenizerBase, get_scheduler
 from transformers.trainer_utils import TrainOutput
 from trl.models import unwrap_model_for_generation
 from trl.trainer.utils import disable_dropout_in_model, entropy_from_logits, selective_log_softmax
@@ -70,9 +70,48 @@ class Rollout:
     returns: torch.Tensor  # (B, T) value targets
 
 
+class SampledLogprobs(LogitsProcessor):
+    """
+    Records, while `generate` samples, the log-probability at `temperature` of every token it picks: the rollout's
+    policy log-probs without a second forward pass over the samples. Generation calls it with each step's next-token
+    logits before its own temperature scaling (which only samples); the token picked from step t is the last one of
+    `input_ids` at step t + 1, and the last step's is read from the output by `logprobs`. Only one step's
+    log-softmax (batch x vocab) is held at a time, never batch x length x vocab.
+    """
+
+    def __init__(self, temperature: float):
+        self.temperature = temperature
+        self.steps: list[torch.Tensor] = []
+        self.last: torch.Tensor | None = None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.last is not None:
+            self.steps.append(self.last.gather(1, input_ids[:, -1:]).squeeze(1))
+        # As the training forward computes them: float32 logits divided by the temperature.
+        self.last = torch.log_softmax(scores.float() / self.temperature, dim=-1)
+        return scores
+
+    def logprobs(self, new_tokens: torch.Tensor) -> torch.Tensor:
+        """(batch, steps) log-probs of `new_tokens`, the (batch, steps) tokens generation appended."""
+        self.steps.append(self.last.gather(1, new_tokens[:, -1:]).squeeze(1))
+        self.last = None
+        return torch.stack(self.steps, 1)
+
+
 def _position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     # Left padding shifts where each sequence starts; positions must count real tokens only, as in generation.
     return (attention_mask.cumsum(1) - 1).clamp(min=0)
+
+
+def _used_columns(attention_mask: torch.Tensor, response_width: int) -> tuple[slice, int]:
+    """
+    The columns of a (micro-)batch worth computing, and how many of its response columns they keep: columns that are
+    padding in every row (left of the longest prompt, right of the longest response) change no real token's result.
+    """
+    used = attention_mask.any(0)
+    start = int(used.int().argmax())
+    end = len(used) - int(used.flip(0).int().argmax())
+    return slice(start, end), response_width - (len(used) - end)
 
 
 def _quantized(module: torch.nn.Module) -> bool:
@@ -255,22 +294,27 @@ class PPOTrainer:
     def _reduce(self, tensor: torch.Tensor) -> torch.Tensor:
         return self.accelerator.reduce(tensor, "sum") if self.accelerator.num_processes > 1 else tensor
 
-    def _chunks(self, n: int):
-        for start in range(0, n, self.micro_batch_size):
-            yield slice(start, start + self.micro_batch_size)
+    def _chunks(self, n: int, size: int | None = None):
+        size = size or self.micro_batch_size
+        for start in range(0, n, size):
+            yield slice(start, start + size)
 
     def _logprobs(self, model, input_ids, attention_mask, position_ids, responses) -> torch.Tensor:
         """Log-probabilities of `responses` (the last tokens of `input_ids`), one chunk at a time."""
         out = []
-        width = responses.shape[1]
         for s in self._chunks(len(input_ids)):
-            logits = model(input_ids[s], attention_mask[s], position_ids[s], logits_to_keep=width + 1)[:, :-1]
-            out.append(selective_log_softmax(logits.float(), responses[s], temperature=self.args.temperature))
+            cols, width = _used_columns(attention_mask[s], responses.shape[1])
+            logits = model(input_ids[s, cols], attention_mask[s, cols], position_ids[s, cols], predict_last=width)
+            logprobs = selective_log_softmax(logits.float(), responses[s, :width], temperature=self.args.temperature)
+            out.append(F.pad(logprobs, (0, responses.shape[1] - width)))
             del logits  # (chunk, T, vocab): never kept beyond its chunk
         return torch.cat(out)
 
     def _scalars(self, model, input_ids, attention_mask, position_ids) -> torch.Tensor:
-        return torch.cat([model(input_ids[s], attention_mask[s], position_ids[s]) for s in self._chunks(len(input_ids))])
+        # As many sequences per forward as generation took: without gradients and with one number per token out,
+        # this holds less than generation's KV cache did, and larger batches run faster.
+        size = self.args.generation_batch_size or len(input_ids)
+        return torch.cat([model(input_ids[s], attention_mask[s], position_ids[s]) for s in self._chunks(len(input_ids), size)])
 
     def _scores(self, indices, input_ids, attention_mask, position_ids, responses, lengths) -> torch.Tensor:
         if self.reward_fn is not None:
@@ -304,17 +348,25 @@ class PPOTrainer:
         query_ids = torch.stack([F.pad(q, (width - len(q), 0), value=self.pad_token_id) for q in queries]).to(device)
         query_mask = torch.stack([F.pad(torch.ones_like(q), (width - len(q), 0)) for q in queries]).to(device)
 
-        # 1. Sample. Generation returns token ids only: its logits are never kept (logprobs are recomputed below).
-        chunks = []
+        # 1. Sample, recording the policy's log-probs of the sampled tokens as generation goes (see SampledLogprobs;
+        # dropout is off, so they equal a training forward's). Generation's logits are never kept.
+        chunks, logprob_chunks = [], []
         with unwrap_model_for_generation(self.model, self.accelerator) as unwrapped, self.accelerator.autocast():
             step = args.generation_batch_size or len(indices)
             for s in (slice(i, i + step) for i in range(0, len(indices), step)):
+                recorder = SampledLogprobs(args.temperature)
                 out = unwrapped.policy.generate(
-                    input_ids=query_ids[s], attention_mask=query_mask[s], generation_config=self.generation_config
+                    input_ids=query_ids[s],
+                    attention_mask=query_mask[s],
+                    generation_config=self.generation_config,
+                    logits_processor=LogitsProcessorList([recorder]),
                 )[:, width:]
-                chunks.append(F.pad(out, (0, args.max_new_tokens - out.shape[1]), value=self.pad_token_id))
+                missing = args.max_new_tokens - out.shape[1]  # every row stopped early
+                logprob_chunks.append(F.pad(recorder.logprobs(out), (0, missing)))
+                chunks.append(F.pad(out, (0, missing), value=self.pad_token_id))
         responses, lengths, stopped = core.truncate_after_stop(torch.cat(chunks), self.stop_token_id, self.pad_token_id)
         responses = responses[:, : int(lengths.max())]
+        logprobs = torch.cat(logprob_chunks)[:, : responses.shape[1]]
         response_mask = core.length_mask(lengths, responses.shape[1])
         input_ids = torch.cat([query_ids, responses], 1)
         attention_mask = torch.cat([query_mask, response_mask], 1)
@@ -323,7 +375,6 @@ class PPOTrainer:
         # 2. Score the samples under every model, a chunk at a time.
         unwrapped = self.accelerator.unwrap_model(self.model)
         with self.accelerator.autocast():
-            logprobs = self._logprobs(unwrapped.policy, input_ids, attention_mask, position_ids, responses)
             ref_logprobs = self._logprobs(self.models.ref, input_ids, attention_mask, position_ids, responses)
             values = self._scalars(unwrapped.value, input_ids, attention_mask, position_ids)
             values = values[:, width - 1 : -1]
@@ -375,25 +426,31 @@ class PPOTrainer:
     def optimise(self, r: Rollout, update: int) -> dict[str, float]:
         """`num_ppo_epochs` passes over the rollout in minibatches of `gradient_accumulation_steps` micro-batches."""
         args = self.args
-        width = r.responses.shape[1]
+        clipping = bool(args.max_grad_norm and args.max_grad_norm > 0)
         stats = defaultdict(list)
         for _ in range(args.num_ppo_epochs):
             order = torch.randperm(len(r.responses), device=r.responses.device)
             for start in range(0, len(order), self.micro_batch_size):
                 i = order[start : start + self.micro_batch_size]
+                cols, width = _used_columns(r.attention_mask[i], r.responses.shape[1])
+                t = slice(0, width)  # the response columns kept; the losses are means over real tokens only
                 # Accelerate counts micro-batches: every `gradient_accumulation_steps`-th one syncs and steps.
                 with self.accelerator.accumulate(self.model):
-                    logits, values = self.model(r.input_ids[i], r.attention_mask[i], r.position_ids[i], width)
+                    logits, values = self.model(r.input_ids[i, cols], r.attention_mask[i, cols], r.position_ids[i, cols], width)
                     logits = logits.float() / args.temperature
-                    logprobs = selective_log_softmax(logits, r.responses[i])
-                    mask = r.response_mask[i]
+                    logprobs = selective_log_softmax(logits, r.responses[i, t])
+                    mask = r.response_mask[i, t]
                     pg_loss, clipfrac, approx_kl = core.policy_loss(
-                        logprobs, r.logprobs[i], r.advantages[i], mask, args.cliprange
+                        logprobs, r.logprobs[i, t], r.advantages[i, t], mask, args.cliprange
                     )
-                    vf_loss, vf_clipfrac = core.value_loss(values, r.values[i], r.returns[i], mask, args.cliprange_value)
+                    vf_loss, vf_clipfrac = core.value_loss(
+                        values, r.values[i, t], r.returns[i, t], mask, args.cliprange_value
+                    )
                     loss = pg_loss + args.vf_coef * vf_loss
+                    if not clipping:
+                        self._check_finite_losses(update, pg_loss, vf_loss)
                     self.accelerator.backward(loss)
-                    if self.accelerator.sync_gradients:
+                    if self.accelerator.sync_gradients and clipping:
                         policy_norm, value_norm = self._clip_gradients(update)
                         stats["grad_norm"].append(policy_norm)
                         stats["value_grad_norm"].append(value_norm)
@@ -416,16 +473,25 @@ class PPOTrainer:
         means = torch.stack([torch.stack([torch.as_tensor(v, device=device).float() for v in stats[n]]).mean() for n in names])
         return dict(zip(names, self.accelerator.reduce(means, "mean").tolist()))
 
-    def _grad_norm(self, params: list[torch.nn.Parameter]) -> torch.Tensor:
-        if self.args.max_grad_norm and self.args.max_grad_norm > 0:
-            return torch.nn.utils.clip_grad_norm_(params, self.args.max_grad_norm)
-        # Not clipping: only measure (for the NaN check), without a pass that rescales every gradient by 1.
-        return torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+    def _check_finite_losses(self, update: int, pg_loss: torch.Tensor, vf_loss: torch.Tensor) -> None:
+        """
+        Without clipping, the health check reads the losses before their backward pass: a non-finite loss is what
+        makes gradients NaN, and reading two numbers costs nothing where measuring every gradient costs a pass over
+        all of them (~1% of a full-parameter update). Counted over every process, so all of them stop together.
+        """
+        bad = self._reduce(torch.stack([pg_loss, vf_loss]).detach().isfinite().logical_not().float())
+        for role, loss, flag in zip(("policy", "value"), (pg_loss, vf_loss), bad.tolist()):
+            if flag:
+                value = loss.item()
+                self._stop(update, f"the {role} loss is {value if not math.isfinite(value) else 'NaN or inf on another process'}")
 
     def _clip_gradients(self, update: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Clip the policy's and the value model's gradients to `max_grad_norm` each; stop on a non-finite norm."""
         self.accelerator.unscale_gradients()  # fp16 only: measure the true gradients
-        norms = (self._grad_norm(self.policy_params), self._grad_norm(self.value_params))
+        norms = tuple(
+            torch.nn.utils.clip_grad_norm_(params, self.args.max_grad_norm)
+            for params in (self.policy_params, self.value_params)
+        )
         # Gradients are already averaged over processes here, so every process sees the same norm and stops together.
         for role, norm in zip(("policy", "value"), norms):
             if not torch.isfinite(norm):

@@ -35,6 +35,36 @@ def test_whitening_statistics_span_every_process():
     close(core.masked_whiten(x, mask, all_reduce=lambda t: 2 * t), both)
 
 
+def test_whitening_on_two_ranks_with_different_data_equals_whitening_their_union():
+    # Two "ranks" as threads, each with its own rows and padding; all_reduce sums a tensor over both.
+    import threading
+
+    xs = [T([[1.0, 2.0, 7.0, 9.0]]), T([[-3.0, 5.0, 0.0, 0.0], [4.0, 4.5, 6.0, 1.0]])]
+    masks = [T([[1, 1, 1, 0]]), T([[1, 1, 0, 0], [1, 1, 1, 1]])]
+    barrier, shared, results = threading.Barrier(2), [None, None], [None, None]
+
+    def run(rank):
+        def all_reduce(t):
+            shared[rank] = t
+            barrier.wait()
+            total = shared[0] + shared[1]
+            barrier.wait()  # both have read before either writes again
+            return total
+
+        results[rank] = core.masked_whiten(xs[rank], masks[rank], all_reduce=all_reduce)
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+    union = core.masked_whiten(torch.cat(xs), torch.cat(masks))
+    close(torch.cat(results), union)
+    # Whitening each rank on its own gives something else.
+    alone = torch.cat([core.masked_whiten(x, m) for x, m in zip(xs, masks)])
+    assert (alone - union).abs().max() > 0.1
+
+
 def test_gae_matches_a_hand_worked_example():
     # gamma = 0.9, lam = 0.8, rewards (0, 0, 1), values (0.5, 0.6, 0.7); V after the end is 0.
     #   t=2: delta = 1 + 0.9 * 0   - 0.7 = 0.3    A2 = 0.3

@@ -1,0 +1,398 @@
+"""A pipeline's report: what each stage did to the model, side by side.
+
+After each stage `alignkit run` writes, in the pipeline's `output_dir`:
+
+- `report.json`: `stages.<name>` per stage — its recipe, input (`from`), status, the metrics its run recorded,
+  and its evaluation: perplexity before/after for pretraining, pairwise accuracy for a reward model; for every
+  policy, the judge's rates (the demo: `gold_correctness`, `gold_politeness`, `gold_concision`) on the same
+  held-out prompts, its reward model score (`rm_score`), the reward model's win rate over the stage it started
+  from (`rm_win_rate_vs_previous`) and the per-token KL to it (`kl_to_previous`; `..._sft` too when that stage
+  is an SFT stage), a few example answers; PPO adds its score (`reward`) and `kl` per update;
+- `report.md`: the same as Markdown — the table, example answers from every stage side by side, the figures;
+- `figures/<stage>.png`: the stage's training curves from its `trainer_state.json`.
+
+Policies are measured with `alignkit.evaluation` (the same generation, judge, reward scoring and KL as
+`alignkit eval`). A stage whose run and inputs are unchanged since the last report keeps its evaluation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from alignkit.outputs import RUN_FILE_NAME, read_run
+
+if TYPE_CHECKING:
+    from alignkit.pipeline import Pipeline, Stage
+
+JSON_FILE = "report.json"
+MARKDOWN_FILE = "report.md"
+FIGURES_DIR = "figures"
+STATUS = {"skip": "skipped", "resume": "resumed", "start": "trained", "rerun": "trained"}
+# The training curves drawn per recipe: (panel title, log_history keys drawn in it).
+CURVES = {
+    "pretrain": [("loss", ("loss", "eval_loss"))],
+    "sft": [("loss", ("loss", "eval_loss")), ("token accuracy", ("mean_token_accuracy", "eval_mean_token_accuracy"))],
+    "reward": [("loss", ("loss", "eval_loss")), ("pairwise accuracy", ("accuracy", "eval_accuracy"))],
+    "dpo": [("loss", ("loss", "eval_loss")), ("reward accuracy", ("rewards/accuracies", "eval_rewards/accuracies"))],
+    "ppo": [("RM score", ("score",)), ("KL to reference", ("kl",)), ("entropy", ("entropy",)),
+            ("response length", ("response_length",))],
+}
+# Short column names for the demo judge's rates; any other judge's rates keep their own names.
+JUDGE_COLUMNS = {"gold_correctness": "correct", "gold_politeness": "polite", "gold_concision": "concise"}
+
+
+# ------------------------------------------------------------------------------------------------ evaluating
+
+
+@dataclass
+class Evaluator:
+    """The pipeline's `evaluation:` — held-out prompt rows, an optional judge, generation settings."""
+
+    prompts_file: str | None = None
+    rows: list[dict] = field(default_factory=list)
+    judge: Callable | None = None
+    judge_name: str | None = None
+    max_new_tokens: int = 64
+    batch_size: int = 32
+    num_examples: int = 3
+    fingerprint: str = ""
+
+    @classmethod
+    def from_pipeline(cls, pipeline: Pipeline) -> Evaluator:
+        from alignkit.evaluation import load_prompts
+        from alignkit.pipeline import import_function
+
+        settings = pipeline.evaluation
+        if not settings:
+            return cls()
+        prompts = pipeline.substitute(str(settings["prompts"]))
+        judge_name = settings.get("judge")
+        evaluator = cls(
+            prompts_file=prompts,
+            rows=load_prompts(prompts),
+            judge=import_function(judge_name, pipeline, "evaluation.judge")() if judge_name else None,
+            judge_name=judge_name,
+            max_new_tokens=settings.get("max_new_tokens", 64),
+            batch_size=settings.get("batch_size", 32),
+            num_examples=settings.get("num_examples", 3),
+        )
+        settings_text = json.dumps([judge_name, evaluator.max_new_tokens, evaluator.num_examples])
+        evaluator.fingerprint = _digest(Path(prompts).read_bytes(), settings_text.encode())
+        return evaluator
+
+
+def _digest(*parts: bytes) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(hashlib.sha256(part).digest())
+    return digest.hexdigest()[:16]
+
+
+def _run_text(stage_dir: Path | None) -> bytes:
+    path = stage_dir / RUN_FILE_NAME if stage_dir is not None else None
+    return path.read_bytes() if path is not None and path.is_file() else b""
+
+
+def _history(stage_dir: Path) -> list[dict]:
+    path = stage_dir / "trainer_state.json"
+    return json.loads(path.read_text(encoding="utf-8"))["log_history"] if path.is_file() else []
+
+
+def reward_model_for(pipeline: Pipeline, stage: Stage) -> str | None:
+    """The reward stage that scores a policy's answers: its own `reward_model`, else the last reward stage before it."""
+    own = stage.inputs.get("reward_model")
+    if own in pipeline.stages:
+        return own
+    names = list(pipeline.stages)
+    earlier = [n for n in names[: names.index(stage.name)] if pipeline.stages[n].recipe == "reward"]
+    return earlier[-1] if earlier else None
+
+
+def stage_row(pipeline: Pipeline, stage: Stage, action: str, seconds: float | None, evaluator: Evaluator,
+              cached: Mapping | None = None) -> dict:
+    """A stage's row of the report; the cached row's evaluation when the stage and its inputs are unchanged."""
+    from alignkit.pipeline import POLICY_RECIPES
+
+    out = pipeline.stage_dir(stage.name)
+    previous = pipeline.previous(stage)
+    reward_model = reward_model_for(pipeline, stage) if evaluator.rows and stage.recipe in POLICY_RECIPES else None
+    key = _digest(
+        stage.recipe.encode(), _run_text(out), evaluator.fingerprint.encode(),
+        *(name.encode() + _run_text(pipeline.stage_dir(name)) for name in (previous, reward_model) if name),
+    )
+    status = {"status": STATUS[action], "train_seconds": seconds if seconds is not None else (cached or {}).get("train_seconds")}
+    if cached is not None and cached.get("evaluation_key") == key:
+        return {**cached, **status}
+
+    record = read_run(out) or {}
+    row: dict[str, Any] = {
+        "recipe": stage.recipe,
+        "from": stage.inputs.get("model"),
+        "reward_model": reward_model,
+        "output_dir": str(out),
+        **status,
+        "metrics": record.get("metrics", {}),
+    }
+    history = _history(out)
+    if stage.recipe == "pretrain":
+        losses = [h for h in history if "eval_loss" in h]
+        if losses and losses[0]["step"] == 0:  # `eval_on_start`: the model before training
+            row["perplexity_before"] = math.exp(min(losses[0]["eval_loss"], 50.0))
+        if "perplexity" in row["metrics"]:
+            row["perplexity_after"] = row["metrics"]["perplexity"]
+    if stage.recipe == "reward" and "reward_stats" in record:
+        stats = record["reward_stats"]  # exact pairwise accuracy on the held-out pairs
+        row.update(eval_accuracy=stats["accuracy"], eval_margin=stats["margin"], prefers_longer=stats["prefers_longer"])
+    if stage.recipe in POLICY_RECIPES and evaluator.rows:
+        previous_dir = pipeline.stage_dir(previous) if previous else None
+        rm_dir = pipeline.stage_dir(reward_model) if reward_model else None
+        row.update(evaluate(out, previous_dir, rm_dir, evaluator))
+        if previous and pipeline.stages[previous].recipe == "sft":  # the demo's names: against the SFT model
+            row.update(kl_to_sft=row["kl_to_previous"], rm_win_rate_vs_sft=row["rm_win_rate_vs_previous"],
+                       sft_rm_score=row["previous_rm_score"])
+    if stage.recipe == "ppo":  # per update: the reward model's score rises while KL stays bounded
+        row.update(reward=[h["score"] for h in history if "score" in h], kl=[h["kl"] for h in history if "kl" in h])
+    row["evaluation_key"] = key
+    return row
+
+
+def evaluate(policy: Path, previous: Path | None, reward_model: Path | None, evaluator: Evaluator) -> dict:
+    """A policy's answers to the held-out prompts: judge rates, RM score, and against `previous` win rate and KL."""
+    from alignkit import evaluation
+
+    settings = dict(max_new_tokens=evaluator.max_new_tokens, batch_size=evaluator.batch_size)
+    if previous is not None:
+        result = evaluation.evaluate_policy(
+            policy, previous, evaluator.rows, reward_model, judge=evaluator.judge, num_examples=evaluator.num_examples, **settings
+        )
+        mine, theirs = result["policy"], result["reference"]
+        row = {k: v for k, v in mine.items() if k not in ("path", "reward_mean", "answer_tokens_mean")}
+        row.update(
+            rm_score=mine["reward_mean"],
+            previous_rm_score=theirs["reward_mean"],
+            rm_win_rate_vs_previous=result["win_rate"],
+            kl_to_previous=result["kl_per_token"],
+            answer_tokens_mean=mine["answer_tokens_mean"],
+            examples=[
+                {"question": ex["prompt"][-1]["content"], "answer": ex["policy"], "previous_answer": ex["reference"]}
+                for ex in result["examples"]
+            ],
+        )
+        return row
+    # Nothing earlier to compare with (a stage trained from the base): its answers alone.
+    model, tokenizer = evaluation.load_for_inference(policy)
+    conversations = [evaluation.prompt_conversation(r) for r in evaluator.rows]
+    answers = evaluation.generate(model, tokenizer, conversations, settings["max_new_tokens"], settings["batch_size"])
+    row = evaluation._judge_rates(evaluator.judge, evaluator.rows, answers) if evaluator.judge else {}
+    row["rm_score"] = None
+    if reward_model is not None:
+        rm, rm_tokenizer = evaluation.load_reward_model(reward_model)
+        scores = evaluation.reward_scores(rm, rm_tokenizer, conversations, answers, settings["batch_size"])
+        row["rm_score"] = sum(scores) / len(scores)
+    row["examples"] = [
+        {"question": c[-1]["content"], "answer": a} for c, a in zip(conversations[: evaluator.num_examples], answers)
+    ]
+    return row
+
+
+# ------------------------------------------------------------------------------------------------- writing
+
+
+def load_rows(output_dir: str | Path) -> dict[str, dict]:
+    """The stage rows of the report an earlier run left in `output_dir` (empty when there is none)."""
+    path = Path(output_dir) / JSON_FILE
+    if not path.is_file():
+        return {}
+    try:
+        return dict(json.loads(path.read_text(encoding="utf-8")).get("stages", {}))
+    except (json.JSONDecodeError, AttributeError):
+        return {}  # a damaged report is rebuilt
+
+
+def _fill_rm_scores(stages: dict[str, dict]) -> None:
+    """A policy evaluated before any reward model existed gets the score a later stage's evaluation gave it."""
+    for name, row in stages.items():
+        if row.get("recipe") == "reward" or (row.get("rm_score") is not None and "rm_score_from" not in row):
+            continue
+        later = [(n, r) for n, r in stages.items() if r.get("from") == name and r.get("previous_rm_score") is not None]
+        if later:
+            row["rm_score"], row["rm_score_from"] = later[0][1]["previous_rm_score"], later[0][0]
+
+
+def write_report(pipeline: Pipeline, rows: Mapping[str, dict], wall_seconds: float) -> dict:
+    """Write report.json, report.md and the figures for the stages in `rows`; returns the report."""
+    out = Path(pipeline.output_dir)
+    stages = {name: dict(rows[name]) for name in pipeline.stages if name in rows}
+    _fill_rm_scores(stages)
+    for name, figure in write_figures(pipeline, stages).items():
+        stages[name]["figure"] = figure
+    report = {
+        "pipeline": str(pipeline.path),
+        "output_dir": str(out),
+        "setup": dict(pipeline.variables),
+        "evaluation": {k: pipeline.substitute(v) for k, v in pipeline.evaluation.items()},
+        "stages": stages,
+        "wall_seconds": round(wall_seconds, 1),
+    }
+    (out / JSON_FILE).write_text(json.dumps(report, indent=2), encoding="utf-8")
+    (out / MARKDOWN_FILE).write_text(format_markdown(report), encoding="utf-8")
+    return report
+
+
+def write_figures(pipeline: Pipeline, stages: Mapping[str, dict]) -> dict[str, str]:
+    """`figures/<stage>.png` for every stage with a training log, redrawn only when the log is newer."""
+    figures = {}
+    for name, row in stages.items():
+        state = pipeline.stage_dir(name) / "trainer_state.json"
+        if not state.is_file():
+            continue
+        target = Path(pipeline.output_dir) / FIGURES_DIR / f"{name}.png"
+        if not target.is_file() or target.stat().st_mtime < state.stat().st_mtime:
+            if not plot_curves(name, row["recipe"], _history(state.parent), target):
+                continue
+        figures[name] = f"{FIGURES_DIR}/{name}.png"
+    return figures
+
+
+def plot_curves(name: str, recipe: str, history: list[dict], target: Path) -> bool:
+    """Draw the stage's training curves (one panel per quantity) into `target`; False when nothing was logged."""
+    panels = [(title, [k for k in keys if any(k in h for h in history)]) for title, keys in CURVES.get(recipe, [])]
+    panels = [(title, keys) for title, keys in panels if keys]
+    if not panels:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display needed
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 2.8), squeeze=False)
+    x_label = "update" if recipe == "ppo" else "step"
+    for ax, (title, keys) in zip(axes[0], panels):
+        for key in keys:
+            points = [(h.get("step", h.get("update")), h[key]) for h in history if key in h]
+            ax.plot(*zip(*points), marker="o" if len(points) < 4 else None, markersize=3, label=key)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel(x_label, fontsize=9)
+        ax.tick_params(labelsize=8)
+        ax.ticklabel_format(axis="y", useOffset=False)  # the values themselves, not "+6.674" and offsets
+        if len(keys) > 1:
+            ax.legend(fontsize=7)
+    fig.suptitle(f"{name} ({recipe})", fontsize=11)
+    fig.tight_layout()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(target, dpi=90)
+    plt.close(fig)
+    return True
+
+
+# ------------------------------------------------------------------------------------------------ the table
+
+
+def _number(value, digits: int = 2) -> str | None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return f"{0.0 if abs(value) < 0.5 * 10**-digits else value:.{digits}f}"  # never "-0.00"
+
+
+def _perplexity(row: dict) -> str | None:
+    if row.get("perplexity_after") is None:
+        return None
+    before = row.get("perplexity_before")
+    return f"{before:.0f} -> {row['perplexity_after']:.2f}" if before is not None else f"{row['perplexity_after']:.2f}"
+
+
+def columns(stages: Mapping[str, dict]) -> list[tuple[str, Callable[[dict], str | None]]]:
+    """The table's columns that hold a value for at least one stage: (header, cell of a row)."""
+    judged = list(dict.fromkeys(k for r in stages.values() for k in r if k.startswith("gold_") or k in JUDGE_COLUMNS))
+    candidates = [
+        ("from", lambda r: r.get("from")),
+        ("perplexity", _perplexity),
+        ("RM acc", lambda r: _number(r.get("eval_accuracy"))),
+        *((JUDGE_COLUMNS.get(k, k), lambda r, k=k: _number(r.get(k))) for k in judged),
+        ("RM score", lambda r: _number(r.get("rm_score"))),
+        ("RM win", lambda r: _number(r.get("rm_win_rate_vs_previous"))),
+        ("KL", lambda r: _number(r.get("kl_to_previous"))),
+    ]
+    return [(h, cell) for h, cell in candidates if any(cell(r) is not None for r in stages.values())]
+
+
+def format_table(report: Mapping) -> str:
+    """The compact terminal table: a row per stage, one example answer per policy, the wall time."""
+    stages = report["stages"]
+    cols = columns(stages)
+    cells = {name: [cell(row) or "" for _, cell in cols] for name, row in stages.items()}
+    name_width = max([len("stage"), *map(len, stages)]) + 2
+    widths = [max([len(h), *(len(c[i]) for c in cells.values())]) + 2 for i, (h, _) in enumerate(cols)]
+    lines = [f"{'stage':<{name_width}}" + "".join(f"{h:>{w}}" for (h, _), w in zip(cols, widths))]
+    lines += [f"{name:<{name_width}}" + "".join(f"{c:>{w}}" for c, w in zip(row, widths)) for name, row in cells.items()]
+    for name, row in stages.items():
+        for example in row.get("examples", [])[:1]:
+            lines.append(f"{name:<{name_width}}Q: {example['question']}  A: {example['answer']}")
+    if any(r.get("rm_win_rate_vs_previous") is not None or r.get("kl_to_previous") is not None for r in stages.values()):
+        lines.append("RM win, KL: the reward model's win rate over, and the per-token KL to, the stage in `from`")
+    lines.append(f"total {report['wall_seconds']:.0f} s")
+    return "\n".join(lines)
+
+
+def _md(text) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def format_markdown(report: Mapping) -> str:
+    """report.md: the table, example answers from every stage side by side, the training curves, the lineage."""
+    stages = report["stages"]
+    cols = columns(stages)
+    evaluation = report.get("evaluation") or {}
+    lines = [
+        f"# Pipeline report: `{report['pipeline']}`",
+        "",
+        f"{len(stages)} stages, written to `{report['output_dir']}`; this run took {report['wall_seconds']:.0f} s.",
+        "",
+        "## Evaluation",
+        "",
+    ]
+    if evaluation:
+        judge = f", judged by `{evaluation['judge']}`" if evaluation.get("judge") else ""
+        lines += [
+            f"Every policy answers the same held-out prompts (`{evaluation['prompts']}`, greedy, at most "
+            f"{evaluation.get('max_new_tokens', 64)} new tokens){judge}. *RM score*: the mean score the reward model "
+            "gives the answers; *RM win*: how often it prefers them to the answers of the stage in *from*; *KL*: "
+            "the mean per-token KL divergence from that stage, in nats.",
+            "",
+        ]
+    lines.append("| stage | " + " | ".join(h for h, _ in cols) + " |")
+    lines.append("|---|" + "---|" * len(cols))
+    for name, row in stages.items():
+        lines.append(f"| {name} | " + " | ".join(_md(cell(row) or "") for _, cell in cols) + " |")
+
+    questions = list(dict.fromkeys(ex["question"] for r in stages.values() for ex in r.get("examples", [])))
+    if questions:
+        lines += ["", "## Example answers", ""]
+        for question in questions:
+            lines += [f"**{_md(question)}**", "", "| stage | answer |", "|---|---|"]
+            for name, row in stages.items():
+                for ex in row.get("examples", []):
+                    if ex["question"] == question:
+                        lines.append(f"| {name} | {_md(ex['answer']) or '*(empty)*'} |")
+            lines.append("")
+
+    figures = [(name, row["figure"]) for name, row in stages.items() if row.get("figure")]
+    if figures:
+        lines += ["## Training curves", ""]
+        for name, figure in figures:
+            lines += [f"### {name}", "", f"![{name} training curves]({figure})", ""]
+
+    lines += ["## Stages", "", "| stage | recipe | from | reward model | status | training time |", "|---|---|---|---|---|---|"]
+    for name, row in stages.items():
+        seconds = f"{row['train_seconds']:.0f} s" if row.get("train_seconds") is not None else ""
+        lines.append(
+            f"| {name} | {row['recipe']} | {_md(row.get('from') or '')} | {_md(row.get('reward_model') or '')} | "
+            f"{row['status']} | {seconds} |"
+        )
+    return "\n".join(lines) + "\n"
