@@ -331,9 +331,16 @@ def format_table(report: Mapping) -> str:
     widths = [max([len(h), *(len(c[i]) for c in cells.values())]) + 2 for i, (h, _) in enumerate(cols)]
     lines = [f"{'stage':<{name_width}}" + "".join(f"{h:>{w}}" for (h, _), w in zip(cols, widths))]
     lines += [f"{name:<{name_width}}" + "".join(f"{c:>{w}}" for c, w in zip(row, widths)) for name, row in cells.items()]
-    for name, row in stages.items():
-        for example in row.get("examples", [])[:1]:
-            lines.append(f"{name:<{name_width}}Q: {example['question']}  A: {example['answer']}")
+    # One question, answered by every stage: the one whose answers differ most, where the stages' effects show.
+    answers = {name: {ex["question"]: ex["answer"] for ex in row.get("examples", [])} for name, row in stages.items()}
+    questions = list(dict.fromkeys(q for by_question in answers.values() for q in by_question))
+    if questions:
+        question = max(questions, key=lambda q: len({a[q] for a in answers.values() if q in a}))
+        for name, by_question in answers.items():
+            if question in by_question:
+                answer = by_question[question]
+                answer = answer if len(answer) <= 80 else answer[:79] + "…"  # report.md has it whole
+                lines.append(f"{name:<{name_width}}Q: {question}  A: {answer}")
     if any(r.get("rm_win_rate_vs_previous") is not None or r.get("kl_to_previous") is not None for r in stages.values()):
         lines.append("RM win, KL: the reward model's win rate over, and the per-token KL to, the stage in `from`")
     lines.append(f"total {report['wall_seconds']:.0f} s")
