@@ -21,7 +21,8 @@ each peak the memory alignkit estimates for it (`alignkit.memory`, printed befor
 Then the Accelerate presets that need a GPU (`--presets`, on the first size): each runs a few LoRA steps under
 `accelerate launch --config_file recipes/accelerate/<preset>.yaml --num_processes 1`, saves the adapter, and this
 script reloads it by path and checks that it trained. Under ZeRO-3 it also runs one PPO update (generation with
-gathered ZeRO-3 parameters).
+gathered ZeRO-3 parameters). With GPU_CHECK_LOGS=<dir>, a failed launch's whole log is written there (the error
+message keeps only its tail, which torchelastic's summary fills).
 """
 
 from __future__ import annotations

@@ -214,6 +214,10 @@ class PPOTrainer:
         if args.activation_checkpointing:
             model.gradient_checkpointing_enable(args.activation_checkpointing_kwargs or {"use_reentrant": False})
         quantized = _quantized(model)
+        deepspeed = self.accelerator.state.deepspeed_plugin
+        if deepspeed is not None and deepspeed.is_auto("train_micro_batch_size_per_gpu"):
+            # DeepSpeed reads the micro-batch from a prepared dataloader; PPO prepares none (Accelerate would raise).
+            deepspeed.deepspeed_config["train_micro_batch_size_per_gpu"] = self.micro_batch_size
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer, device_placement=[not quantized, True])
         # Train mode throughout, rollouts included: with dropout off both modes compute the same, and on CPU
         # bitsandbytes repacks 4-bit weights for inference at the first eval-mode forward, after which backward
