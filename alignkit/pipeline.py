@@ -23,7 +23,6 @@ import importlib
 import importlib.util
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -248,7 +247,7 @@ class Pipeline:
         What each stage will do: `skip` (a finished run), `resume` (an unfinished run with a checkpoint), `start`
         (nothing usable yet) or `rerun` (asked by `from_stage`, or an input is trained again: its output is stale).
         """
-        from alignkit.outputs import read_run
+        from alignkit.outputs import complete_checkpoints, read_run
 
         names = list(self.stages)
         if from_stage is not None and from_stage not in self.stages:
@@ -258,7 +257,7 @@ class Pipeline:
         for index, (name, stage) in enumerate(self.stages.items()):
             if read_run(self.stage_dir(name)) is not None:
                 actions[name] = "skip"
-            elif last_checkpoint(self.stage_dir(name)) is not None:
+            elif complete_checkpoints(self.stage_dir(name)):
                 actions[name] = "resume"
             else:
                 actions[name] = "start"
@@ -274,11 +273,9 @@ class Pipeline:
         settings.pop("resume_from_checkpoint", None)
         settings.pop("overwrite_output_dir", None)
         if action == "resume":
-            checkpoint = last_checkpoint(output)
-            for partial in output.glob("checkpoint-*"):  # half-written by the interrupted run: never resume from it
-                if partial.is_dir() and _step(partial) > _step(checkpoint):
-                    shutil.rmtree(partial)
-            settings["resume_from_checkpoint"] = str(checkpoint)
+            # The recipe resumes from the newest complete checkpoint and removes half-written ones
+            # (alignkit.outputs.resume_checkpoint), as it does for `--resume_from_checkpoint true` by hand.
+            settings["resume_from_checkpoint"] = True
         elif output.is_dir() and any(output.iterdir()):
             settings["overwrite_output_dir"] = True
         if stage.num_processes > 1 and not _has_gpu():
@@ -443,20 +440,6 @@ def _strings(value) -> list[str]:
     return [value] if isinstance(value, str) else []
 
 
-def _step(checkpoint: Path | None) -> int:
-    return int(checkpoint.name.rsplit("-", 1)[-1]) if checkpoint is not None else -1
-
-
-def last_checkpoint(output_dir: Path) -> Path | None:
-    """
-    The newest complete `checkpoint-<step>` in `output_dir`: one holding `trainer_state.json`, which the Trainer
-    (and alignkit's PPO) write last. A run killed while saving leaves a newer, incomplete one behind.
-    """
-    found = [p for p in Path(output_dir).glob("checkpoint-*") if p.name.rsplit("-", 1)[-1].isdigit()]
-    complete = [p for p in found if (p / "trainer_state.json").is_file()]
-    return max(complete, key=_step, default=None)
-
-
 def _has_gpu() -> bool:
     return importlib.util.find_spec("torch") is not None and __import__("torch").cuda.is_available()
 
@@ -519,7 +502,9 @@ def run_pipeline(
 
 def _describe(action: str, output: Path) -> str:
     if action == "resume":
-        return f"resuming from {last_checkpoint(output).name}"
+        from alignkit.outputs import complete_checkpoints
+
+        return f"resuming from {complete_checkpoints(output)[-1].name}"
     return {"skip": f"already finished in {output}, skipped", "start": "training", "rerun": "training again"}[action]
 
 

@@ -11,7 +11,8 @@ import yaml
 from conftest import REPO
 
 from alignkit.errors import ConfigError
-from alignkit.pipeline import last_checkpoint, load_pipeline, run_pipeline
+from alignkit.outputs import complete_checkpoints
+from alignkit.pipeline import load_pipeline, run_pipeline
 
 DEMO = REPO / "recipes" / "demo"
 # The demo's pipeline, with absolute config paths so that a copy anywhere finds them.
@@ -160,7 +161,7 @@ def test_the_plan_skips_finished_stages_resumes_checkpoints_and_reruns_what_depe
     (out / "reward" / "alignkit_run.json").unlink()
     complete = _checkpoint(out / "reward", 40)
     _checkpoint(out / "reward", 80, complete=False)
-    assert last_checkpoint(out / "reward") == complete
+    assert complete_checkpoints(out / "reward")[-1] == complete
     assert pipeline.plan() == {"pretrain": "skip", "sft": "skip", "reward": "resume", "dpo": "skip", "ppo": "rerun"}
 
     # An unfinished SFT stage with no checkpoint starts over, and everything after it runs again.

@@ -14,6 +14,7 @@ from conftest import FAST, REPO, write_jsonl
 
 from alignkit import report
 from alignkit.evaluation import evaluate_policy, gold_judge, load_prompts
+from alignkit.outputs import complete_checkpoints
 from alignkit.pipeline import run_pipeline
 
 # Every stage a few steps; fast settings as the recipe tests use them (strings, typed by the recipes' parser).
@@ -174,7 +175,7 @@ def test_a_stage_killed_mid_way_resumes_from_its_last_checkpoint(tiny_base, data
         proc.kill()
         proc.wait()
     assert not (out / "alignkit_run.json").exists(), "the stage finished before it was killed"
-    checkpoint = max((p.parent for p in out.glob("checkpoint-*/trainer_state.json")), key=lambda p: int(p.name[11:]))
+    checkpoint = complete_checkpoints(out)[-1]  # a state file cut short by the kill makes its checkpoint incomplete
     step = int(checkpoint.name[11:])
     saved = (checkpoint / "trainer_state.json").read_text()
 
