@@ -277,7 +277,7 @@ def merge(stage_output: str | Path, output_dir: str | Path, overwrite: bool = Fa
         if config_file.is_file():
             shutil.copy(config_file, output_dir / CONFIG_FILE_NAME)
         record["merged_from"] = str(stage_output)
-        (output_dir / RUN_FILE_NAME).write_text(json.dumps(record, indent=2), encoding="utf-8")
+        outputs.write_json_atomic(output_dir / outputs.RUN_FILE_NAME, record)  # the "finished" marker, written last
     print(f"alignkit: merged the adapter in {stage_output} into {base}; saved the full model to {output_dir}.")
     return output_dir
 

@@ -8,7 +8,6 @@ as its folder name and never put in the metadata (which takes Hub ids only), and
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
@@ -21,8 +20,7 @@ from huggingface_hub.utils import validate_repo_id
 
 from alignkit.config import CONFIG_FILE_NAME
 from alignkit.models import adapter_config
-
-RUN_FILE_NAME = "alignkit_run.json"  # as in alignkit.outputs, which imports this module
+from alignkit.outputs import RUN_FILE_NAME, read_run
 CARD_FILE_NAME = "README.md"
 
 STAGE_TITLES = {
@@ -52,10 +50,6 @@ TOKEN_PATTERN = re.compile(r"\bhf_[A-Za-z0-9]{20,}\b")
 # ------------------------------------------------------------------------------------------------- reading
 
 
-def _read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-
-
 def _read_config(folder: Path) -> dict:
     path = folder / CONFIG_FILE_NAME
     return (yaml.safe_load(path.read_text(encoding="utf-8")) or {}) if path.is_file() else {}
@@ -75,7 +69,7 @@ def _find_stage(recorded: str | None, near: Path) -> Path | None:
 def _lineage_chain(output_dir: Path) -> list[tuple[Path | None, dict]]:
     """This stage and every earlier one it continues, oldest first: (folder or None if gone, alignkit_run.json)."""
     chain, folder, seen = [], output_dir, set()
-    record = _read_json(output_dir / RUN_FILE_NAME)
+    record = read_run(output_dir)
     while record is not None:
         chain.append((folder, record))
         seen.add(folder.resolve())
@@ -85,7 +79,7 @@ def _lineage_chain(output_dir: Path) -> list[tuple[Path | None, dict]]:
             if parent and (record.get("lineage") or {}).get("parent_stage"):  # named but not here: say so
                 chain.append((None, {"stage": record["lineage"]["parent_stage"], "output_dir": parent}))
             break
-        record = _read_json(folder / RUN_FILE_NAME)
+        record = read_run(folder)
     return chain[::-1]
 
 

@@ -304,7 +304,7 @@ def _train_and_write(trainer, stage, script_args, training_args, model_args, ext
             **(extra(trainer) if extra else {}),
         }
         write_json_atomic(Path(training_args.output_dir, RUN_FILE_NAME), record)
-        from alignkit import modelcard  # imported here: modelcard reads what this module writes
+        from alignkit import modelcard  # imported here: modelcard imports this module
 
         modelcard.write_model_card(training_args.output_dir)  # replaces the placeholder card PEFT/TRL save
     return metrics
