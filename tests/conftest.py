@@ -53,6 +53,23 @@ def sft_messages_file(tmp_path_factory, world) -> Path:
 
 
 @pytest.fixture(scope="session")
+def preference_file(tmp_path_factory, world) -> Path:
+    """48 preference pairs with explicit prompts from the demo world (reward, DPO, and PPO's prompts)."""
+    rows = [{k: ex[k] for k in ("prompt", "chosen", "rejected")} for ex in world.preference_examples()[:48]]
+    return write_jsonl(tmp_path_factory.mktemp("preference") / "train.jsonl", rows)
+
+
+def stored_bytes(*modules) -> int:
+    """Bytes of every distinct parameter tensor the modules hold: shared and tied tensors count once."""
+    seen, total = set(), 0
+    for p in (p for module in modules for p in module.parameters()):
+        if p.data_ptr() not in seen:
+            seen.add(p.data_ptr())
+            total += p.numel() * p.element_size()
+    return total
+
+
+@pytest.fixture(scope="session")
 def pretrain_dir(tmp_path_factory, world) -> Path:
     path = tmp_path_factory.mktemp("pretrain")
     write_jsonl(path / "train.jsonl", [{"text": t} for t in world.pretrain_documents(400, "train")])

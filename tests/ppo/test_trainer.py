@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import stored_bytes
 from peft import LoraConfig
 
 from alignkit.errors import AlignkitError, DataError
@@ -161,17 +162,6 @@ def says(word):
     return lambda prompts, responses: [float(word in r.replace(".", " ").split()) for r in responses]
 
 
-def stored_bytes(models) -> int:
-    """Bytes of every distinct parameter tensor the models hold."""
-    seen, total = set(), 0
-    for module in models.modules():
-        for p in module.parameters():
-            if p.data_ptr() not in seen:
-                seen.add(p.data_ptr())
-                total += p.numel() * p.element_size()
-    return total
-
-
 # --- learning ------------------------------------------------------------------------------------------------------
 
 
@@ -224,8 +214,8 @@ def test_lora_mode_holds_one_copy_of_the_base_and_full_mode_four(sft_dir, rm_lor
     base = sum(p.numel() * p.element_size() for p in AutoModelForCausalLM.from_pretrained(sft_dir).parameters())
     lora = lora_models(sft_dir, rm_lora_dir)
     assert lora.policy.model is lora.ref.model is lora.value.model is lora.reward.model
-    assert base < stored_bytes(lora) < 1.2 * base  # one base + three adapters + two heads
-    assert stored_bytes(full_models(sft_dir, rm_full_dir)) > 3.9 * base  # policy, reference, value, reward
+    assert base < stored_bytes(*lora.modules()) < 1.2 * base  # one base + three adapters + two heads
+    assert stored_bytes(*full_models(sft_dir, rm_full_dir).modules()) > 3.9 * base  # policy, reference, value, reward
 
 
 def test_lora_roles_compute_what_they_stand_for(sft_dir, rm_lora_dir, tokenizer):

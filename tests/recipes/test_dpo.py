@@ -4,16 +4,10 @@ import json
 import math
 
 import pytest
-from conftest import FAST, run_stage, write_jsonl
+from conftest import FAST, run_stage, stored_bytes
 
 from alignkit import models
 from alignkit.errors import ModelError
-
-
-@pytest.fixture(scope="module")
-def prefs(tmp_path_factory, world):
-    rows = [{k: ex[k] for k in ("prompt", "chosen", "rejected")} for ex in world.preference_examples()[:48]]
-    return write_jsonl(tmp_path_factory.mktemp("dpo") / "train.jsonl", rows)
 
 
 def dpo_args(model, data, out, *extra):
@@ -21,18 +15,8 @@ def dpo_args(model, data, out, *extra):
             "--max_length", "64", "--eval_split_size", "0", *extra]
 
 
-def storage_bytes(model) -> int:
-    """Bytes of parameter storage, counting shared tensors once."""
-    seen, total = set(), 0
-    for p in model.parameters():
-        if p.data_ptr() not in seen:
-            seen.add(p.data_ptr())
-            total += p.numel() * p.element_size()
-    return total
-
-
-def test_lora_dpo_starts_at_ln2_and_keeps_one_copy_of_the_base(tiny_base, prefs, tmp_path):
-    trainer = run_stage("dpo", *dpo_args(tiny_base, prefs, tmp_path / "run", "--use_peft", "true",
+def test_lora_dpo_starts_at_ln2_and_keeps_one_copy_of_the_base(tiny_base, preference_file, tmp_path):
+    trainer = run_stage("dpo", *dpo_args(tiny_base, preference_file, tmp_path / "run", "--use_peft", "true",
                                          "--lora_target_modules", "all-linear", "--max_steps", "3"))
     first = next(h["loss"] for h in trainer.state.log_history if "loss" in h)
     assert first == pytest.approx(math.log(2), abs=1e-4)  # zero-initialised adapter: policy == reference
@@ -40,14 +24,14 @@ def test_lora_dpo_starts_at_ln2_and_keeps_one_copy_of_the_base(tiny_base, prefs,
     base = sum(t.numel() * t.element_size() for t in models.load_model(
         __import__("trl").ModelConfig(model_name_or_path=str(tiny_base))).state_dict().values())
     adapter = sum(p.numel() * p.element_size() for n, p in trainer.model.named_parameters() if "lora_" in n)
-    assert storage_bytes(trainer.model) <= base + adapter  # no second copy anywhere in the model
+    assert stored_bytes(trainer.model) <= base + adapter  # no second copy anywhere in the model
 
 
-def test_dpo_from_an_sft_adapter_continues_it_on_the_original_base(tiny_base, sft_messages_file, prefs, tmp_path):
+def test_dpo_from_an_sft_adapter_continues_it_on_the_original_base(tiny_base, sft_messages_file, preference_file, tmp_path):
     sft = tmp_path / "sft"
     run_stage("sft", "--model_name_or_path", str(tiny_base), "--dataset_name", str(sft_messages_file),
               "--output_dir", str(sft), *FAST, "--use_peft", "true", "--max_steps", "2", "--learning_rate", "1e-2")
-    trainer = run_stage("dpo", *dpo_args(sft, prefs, tmp_path / "dpo", "--use_peft", "true", "--max_steps", "2"))
+    trainer = run_stage("dpo", *dpo_args(sft, preference_file, tmp_path / "dpo", "--use_peft", "true", "--max_steps", "2"))
     first = next(h["loss"] for h in trainer.state.log_history if "loss" in h)
     assert first == pytest.approx(math.log(2), abs=1e-4)  # the reference is the SFT adapter itself
     assert models.adapter_base(tmp_path / "dpo") == str(tiny_base)

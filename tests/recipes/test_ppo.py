@@ -7,12 +7,11 @@ from conftest import FAST, run_stage, write_jsonl
 
 
 @pytest.fixture(scope="module")
-def stages(tiny_base, sft_messages_file, world, tmp_path_factory):
+def stages(tiny_base, sft_messages_file, preference_file, tmp_path_factory):
     root = tmp_path_factory.mktemp("ppo_stages")
     run_stage("sft", "--model_name_or_path", str(tiny_base), "--dataset_name", str(sft_messages_file),
               "--output_dir", str(root / "sft"), *FAST, "--max_steps", "4", "--learning_rate", "3e-3")
-    prefs = write_jsonl(root / "prefs.jsonl", [{k: ex[k] for k in ("prompt", "chosen", "rejected")}
-                                              for ex in world.preference_examples()[:48]])
+    prefs = preference_file
     run_stage("reward", "--model_name_or_path", str(root / "sft"), "--dataset_name", str(prefs),
               "--output_dir", str(root / "reward"), *FAST, "--use_peft", "true", "--max_steps", "4", "--max_length", "64")
     return root, prefs

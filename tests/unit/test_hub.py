@@ -12,7 +12,7 @@ import httpx2
 import pytest
 import torch
 import yaml
-from conftest import FAST, REPO, run_stage, write_jsonl
+from conftest import FAST, REPO, run_stage
 from huggingface_hub import HfApi, hf_api
 from huggingface_hub.errors import HfHubHTTPError
 
@@ -88,12 +88,6 @@ def files_in(folder: Path) -> set[str]:
 # ------------------------------------------------------------------------------------------------ stage outputs
 
 
-@pytest.fixture(scope="module")
-def prefs(tmp_path_factory, world):
-    rows = [{k: ex[k] for k in ("prompt", "chosen", "rejected")} for ex in world.preference_examples()[:48]]
-    return write_jsonl(tmp_path_factory.mktemp("prefs") / "train.jsonl", rows)
-
-
 def stage_args(model, data, out, *extra):
     return ["--model_name_or_path", str(model), "--dataset_name", str(data), "--output_dir", str(out), *FAST,
             "--max_length", "64", "--eval_split_size", "0", "--max_steps", "2", *extra]
@@ -118,17 +112,17 @@ def sft_lora(tiny_base, sft_messages_file, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def reward_lora(tiny_base, prefs, tmp_path_factory):
+def reward_lora(tiny_base, preference_file, tmp_path_factory):
     out = tmp_path_factory.mktemp("reward_lora") / "run"
-    run_stage("reward", *stage_args(tiny_base, prefs, out, *LORA))
+    run_stage("reward", *stage_args(tiny_base, preference_file, out, *LORA))
     return out
 
 
 @pytest.fixture(scope="module")
-def dpo_lora(sft_lora, prefs, tmp_path_factory):
+def dpo_lora(sft_lora, preference_file, tmp_path_factory):
     """DPO continuing the SFT adapter: TRL saves a frozen `ref/` copy of it beside the trained adapter."""
     out = tmp_path_factory.mktemp("dpo_lora") / "run"
-    run_stage("dpo", *stage_args(sft_lora, prefs, out, "--use_peft", "true", "--learning_rate", "5e-2"))
+    run_stage("dpo", *stage_args(sft_lora, preference_file, out, "--use_peft", "true", "--learning_rate", "5e-2"))
     return out
 
 
@@ -405,13 +399,13 @@ def hub_cached_base(tiny_base, tmp_path, monkeypatch):
     return "alignkit-test/tiny"
 
 
-def test_adapters_on_a_hub_model_name_it_by_hub_id_through_later_stages(hub_cached_base, sft_messages_file, prefs, tmp_path):
+def test_adapters_on_a_hub_model_name_it_by_hub_id_through_later_stages(hub_cached_base, sft_messages_file, preference_file, tmp_path):
     sft = tmp_path / "sft"
     run_stage("sft", *stage_args(hub_cached_base, sft_messages_file, sft, *LORA))
     assert json.loads((sft / "adapter_config.json").read_text())["base_model_name_or_path"] == hub_cached_base
     # DPO continuing that adapter: its adapter is again on the Hub base, not on the SFT folder.
     dpo = tmp_path / "dpo"
-    run_stage("dpo", *stage_args(sft, prefs, dpo, "--use_peft", "true"))
+    run_stage("dpo", *stage_args(sft, preference_file, dpo, "--use_peft", "true"))
     assert json.loads((dpo / "adapter_config.json").read_text())["base_model_name_or_path"] == hub_cached_base
     assert json.loads((dpo / "alignkit_run.json").read_text())["lineage"]["base_model"] == hub_cached_base
     merged = hub.merge(dpo, tmp_path / "merged")

@@ -4,7 +4,7 @@ import shutil
 import sys
 
 import pytest
-from conftest import REPO
+from conftest import REPO, stored_bytes
 
 from alignkit import memory
 from alignkit.config import STAGE_ARGS, parse_args
@@ -15,15 +15,6 @@ def configs(stage, base, *extra):
         "--model_name_or_path", str(base), "--dataset_name", "unused", "--output_dir", "unused", "--max_length", "64",
         "--per_device_train_batch_size", "2", *extra])
     return model_args, training_args
-
-
-def stored_bytes(model) -> int:
-    seen, total = set(), 0
-    for p in model.parameters():
-        if p.data_ptr() not in seen:
-            seen.add(p.data_ptr())
-            total += p.numel() * p.element_size()
-    return total
 
 
 def test_full_training_counts_the_loaded_weights_exactly_with_gradients_and_two_adamw_states(tiny_base):

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 import trl
-from conftest import FAST, run_stage, write_jsonl
+from conftest import FAST, run_stage
 from safetensors.torch import load_file
 
 from alignkit import outputs
@@ -108,10 +108,8 @@ def poison_loss(monkeypatch, stage, from_step):
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory, world, sft_messages_file):
-    prefs = [{k: ex[k] for k in ("prompt", "chosen", "rejected")} for ex in world.preference_examples()[:48]]
-    path = write_jsonl(tmp_path_factory.mktemp("prefs") / "train.jsonl", prefs)
-    return {"sft": sft_messages_file, "reward": path, "dpo": path}
+def data(sft_messages_file, preference_file):
+    return {"sft": sft_messages_file, "reward": preference_file, "dpo": preference_file}
 
 
 def stage_args(stage, base, data, out, *extra):
