@@ -161,7 +161,7 @@ def check_stage(
     name = value("dataset_name")
     if name is not None and "${" in str(name):
         report.add("data", f"{name}: written by the pipeline's setup, not checked before it runs")
-    elif name is not None and not Path(str(name)).expanduser().exists() and _hub_id(str(name)):
+    elif name is not None and not Path(str(name)).expanduser().exists() and data.is_hub_id(str(name)):
         try:  # a Hub data set: stream its first rows instead of downloading it all
             split = str(value("dataset_train_split", "train"))
             streamed = data.load_raw(str(name), value("dataset_config"), streaming=True)
@@ -260,13 +260,6 @@ def check_stage(
         finally:
             if bars:
                 datasets.enable_progress_bars()
-
-
-def _hub_id(name: str) -> bool:
-    """`owner/name` or `name`, as `data.load_raw` tells a Hub id from a local path."""
-    from alignkit.data import BUILDERS
-
-    return not name.startswith((".", "/", "~")) and name.count("/") <= 1 and Path(name).suffix not in BUILDERS
 
 
 def _check_model(key: str, value, inputs: StageInputs, report: Report):

@@ -104,6 +104,13 @@ def _load_local(path: Path, config_name: str | None) -> DatasetDict:
     return ds
 
 
+def is_hub_id(dataset_name: str) -> bool:
+    """`owner/name` or `name` without a data-file suffix: what `load_raw` looks up on the Hub when no such path exists."""
+    return not (
+        Path(dataset_name).suffix in BUILDERS or dataset_name.startswith((".", "/", "~")) or dataset_name.count("/") > 1
+    )
+
+
 def load_raw(dataset_name: str | None, config_name: str | None = None, streaming: bool = False) -> DatasetDict:
     """Load a Hub dataset id, a local file or a local folder (the same call either way)."""
     if not dataset_name:
@@ -113,7 +120,7 @@ def load_raw(dataset_name: str | None, config_name: str | None = None, streaming
         if path.is_file() and path.suffix not in BUILDERS:
             raise DataError(f"{path}: unsupported file type '{path.suffix}'; use one of {', '.join(BUILDERS)}.")
         return _load_local(path, config_name)
-    if path.suffix in BUILDERS or dataset_name.startswith((".", "/", "~")) or dataset_name.count("/") > 1:
+    if not is_hub_id(dataset_name):
         raise DataError(f"Data file or folder not found: {dataset_name}")
     try:
         return load_dataset(dataset_name, name=config_name, streaming=streaming)
