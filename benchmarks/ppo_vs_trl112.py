@@ -32,8 +32,10 @@ batch in one call (alignkit's default; TRL's local_rollout_forward_batch_size ke
 also runs its rollout forwards on the whole batch, where alignkit uses micro-batches of B/M). TRL 1.12 never
 clips gradients, so alignkit runs with max_grad_norm=0 (no clipping) too. Responses are a fixed `response_length`
 tokens on both sides (stop_token null, and no EOS in the SFT model's generation config), so both do the same work
-every update; --stop-at-eos ends them at EOS instead. Each trainer keeps its own optimiser implementation (TRL's
-Trainer default is fused AdamW, alignkit builds torch.optim.AdamW); the table says which.
+every update; --stop-at-eos ends them at EOS instead. Each trainer keeps its own optimiser implementation (the
+table says which) and its own process settings: on CPU alignkit's trainer keeps freed memory for reuse
+(`PPOConfig.keep_freed_cpu_memory`); --trl-same-allocator gives TRL's process the same glibc malloc settings, to see
+how much of the difference that makes.
 """
 
 from __future__ import annotations
@@ -508,6 +510,8 @@ def main():
                         help="end responses at EOS (realistic, but then each side's timing depends on the lengths it "
                              "happened to sample); default: fixed-length responses, the same work on both sides")
     parser.add_argument("--no-trl-peft", action="store_true", help="skip TRL 1.12 with peft_config at the large size")
+    parser.add_argument("--trl-same-allocator", action="store_true",
+                        help="run TRL with the malloc settings alignkit's trainer applies on CPU (keep freed memory)")
     parser.add_argument("--worker", choices=("alignkit", "trl"), help=argparse.SUPPRESS)
     parser.add_argument("spec", nargs="?", help=argparse.SUPPRESS)
     opts = parser.parse_args()
@@ -520,6 +524,9 @@ def main():
     env = {**os.environ, "OMP_NUM_THREADS": str(opts.threads), "MKL_NUM_THREADS": str(opts.threads),
            "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"}
     os.environ.update({k: env[k] for k in ("OMP_NUM_THREADS", "HF_HUB_OFFLINE", "TOKENIZERS_PARALLELISM")})
+    trl_env = env
+    if opts.trl_same_allocator:  # what alignkit's keep_freed_cpu_memory sets with mallopt, read by glibc at start
+        trl_env = {**env, "GLIBC_TUNABLES": "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=1073741824"}
     versions = pins()
     print(f"TRL {TRL_VERSION} venv at {opts.venv} ...", flush=True)
     trl_python, venv_seconds, reused = ensure_venv(Path(opts.venv), versions)
@@ -555,7 +562,7 @@ def main():
                     "settings": {**settings, "learning_rate": LEARNING_RATE[mode]}}
 
         # Alternate the sides, so drift in the machine's load hits both.
-        runs[f"{size} full trl"] = run_side(str(trl_python), "trl", spec("full"), work, env)
+        runs[f"{size} full trl"] = run_side(str(trl_python), "trl", spec("full"), work, trl_env)
         runs[f"{size} full alignkit"] = run_side(sys.executable, "alignkit", spec("full"), work, env)
         trl_full = runs[f"{size} full trl"]
         rows.append({"size": size, "mode": "full", "alignkit": runs[f"{size} full alignkit"], "trl": trl_full})
@@ -563,7 +570,7 @@ def main():
             runs[f"{size} lora alignkit"] = run_side(sys.executable, "alignkit", spec("lora"), work, env)
             rows.append({"size": size, "mode": "lora", "alignkit": runs[f"{size} lora alignkit"], "trl": trl_full})
             if not opts.no_trl_peft:
-                runs[f"{size} peft trl"] = run_side(str(trl_python), "trl", spec("lora"), work, env)
+                runs[f"{size} peft trl"] = run_side(str(trl_python), "trl", spec("lora"), work, trl_env)
                 rows.append({"size": size, "mode": "lora_vs_trl_peft", "alignkit": runs[f"{size} lora alignkit"],
                              "trl": runs[f"{size} peft trl"]})
     for row in rows:
@@ -593,6 +600,7 @@ def main():
             "sizes": {size: SIZES[size] for size in sizes},
             "versions": versions,
             "threads": opts.threads,
+            "trl_same_allocator": opts.trl_same_allocator,
             "venv_seconds": round(venv_seconds, 1),
             "venv_reused": reused,
             "build_seconds": round(build_seconds, 1),

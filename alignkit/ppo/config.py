@@ -103,6 +103,15 @@ class PPOConfig(TrainingArguments):
             the reference exceeds this. (A non-finite score or loss always stops the run; with `max_grad_norm`,
             a non-finite gradient norm too.)
 
+        > CPU
+
+        keep_freed_cpu_memory (`bool`, *optional*, defaults to `True`):
+            On CPU under Linux (glibc), keep the memory the process frees for its next allocations instead of
+            handing it back to the system. glibc otherwise maps every block of 32 MiB or more (embedding and
+            output-layer gradients, logits) fresh from the kernel, which zero-fills each page: ~14 ms per 32 MiB,
+            ~6% of a full-parameter update of a 42M-parameter model. The process's memory then stays at its peak
+            between steps instead of shrinking. Process-wide and lasting; `False` leaves the allocator as it is.
+
     Defaults that differ from `TrainingArguments`: `learning_rate=3e-6`, `logging_steps=1`, `save_steps=100`.
     """
 
@@ -162,6 +171,10 @@ class PPOConfig(TrainingArguments):
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow models that run their own code."})
     kl_limit: float | None = field(
         default=None, metadata={"help": "Stop with an error when the mean per-sequence KL exceeds this."}
+    )
+
+    keep_freed_cpu_memory: bool = field(
+        default=True, metadata={"help": "On CPU (glibc), reuse freed memory instead of returning it to the system."}
     )
 
     def __post_init__(self):

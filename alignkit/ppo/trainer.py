@@ -8,6 +8,7 @@ scores and the per-token KL to the reference into per-token rewards, estimate ad
 
 from __future__ import annotations
 
+import ctypes
 import json
 import math
 import os
@@ -70,31 +71,32 @@ class Rollout:
     returns: torch.Tensor  # (B, T) value targets
 
 
-class SampledLogprobs(LogitsProcessor):
+class PolicySampler(LogitsProcessor):
     """
-    Records, while `generate` samples, the log-probability at `temperature` of every token it picks: the rollout's
-    policy log-probs without a second forward pass over the samples. Generation calls it with each step's next-token
-    logits before its own temperature scaling (which only samples); the token picked from step t is the last one of
-    `input_ids` at step t + 1, and the last step's is read from the output by `logprobs`. Only one step's
-    log-softmax (batch x vocab) is held at a time, never batch x length x vocab.
+    Samples every next token from the policy at `temperature` inside `generate` (which then runs greedy and takes the
+    one token left finite) and records its log-probability: the rollout's policy log-probs without a second forward
+    pass over the samples. Written by hand because generate's own sampling (softmax, then a random exponential per
+    vocabulary entry) costs ~2% of a PPO update on CPU; inverse-CDF sampling from the log-softmax this needs anyway
+    draws one number per row. Only one step's log-softmax (batch x vocab) is held at a time.
     """
 
     def __init__(self, temperature: float):
         self.temperature = temperature
         self.steps: list[torch.Tensor] = []
-        self.last: torch.Tensor | None = None
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
-        if self.last is not None:
-            self.steps.append(self.last.gather(1, input_ids[:, -1:]).squeeze(1))
         # As the training forward computes them: float32 logits divided by the temperature.
-        self.last = torch.log_softmax(scores.float() / self.temperature, dim=-1)
-        return scores
+        logprobs = torch.log_softmax(scores.float() / self.temperature, dim=-1)
+        # float64: a float32 running sum over a large vocabulary would misplace the rare tokens' intervals.
+        cdf = logprobs.double().exp_().cumsum_(-1)
+        draw = torch.rand(len(cdf), 1, dtype=cdf.dtype, device=cdf.device) * cdf[:, -1:]
+        tokens = torch.searchsorted(cdf, draw, right=True)  # `right`: never a token of probability 0
+        tokens = torch.where(tokens < cdf.shape[1], tokens, logprobs.argmax(-1, keepdim=True))  # a draw rounded up
+        self.steps.append(logprobs.gather(1, tokens).squeeze(1))
+        return torch.full_like(scores, float("-inf")).scatter_(1, tokens, 0.0)
 
-    def logprobs(self, new_tokens: torch.Tensor) -> torch.Tensor:
-        """(batch, steps) log-probs of `new_tokens`, the (batch, steps) tokens generation appended."""
-        self.steps.append(self.last.gather(1, new_tokens[:, -1:]).squeeze(1))
-        self.last = None
+    def logprobs(self) -> torch.Tensor:
+        """(batch, steps) log-probs of the sampled tokens."""
         return torch.stack(self.steps, 1)
 
 
@@ -112,6 +114,20 @@ def _used_columns(attention_mask: torch.Tensor, response_width: int) -> tuple[sl
     start = int(used.int().argmax())
     end = len(used) - int(used.flip(0).int().argmax())
     return slice(start, end), response_width - (len(used) - end)
+
+
+def keep_freed_cpu_memory() -> bool:
+    """
+    glibc's malloc: serve every allocation from the heap instead of a fresh mapping per large block, and give freed
+    memory back to the system only beyond 1 GiB (see `PPOConfig.keep_freed_cpu_memory`). False where there is no
+    glibc (macOS, Windows, musl); the allocator is then left as it is.
+    """
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's malloc.h
+    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 2**30))
 
 
 def _quantized(module: torch.nn.Module) -> bool:
@@ -156,6 +172,8 @@ class PPOTrainer:
         if trackers:
             config = {k: v for k, v in args.to_dict().items() if isinstance(v, (int, float, str, bool))}
             self.accelerator.init_trackers("alignkit-ppo", config=config)
+        if args.keep_freed_cpu_memory and self.accelerator.device.type == "cpu":
+            keep_freed_cpu_memory()
         # Different sampling noise on each process; the same on every rerun.
         set_seed(args.seed, device_specific=True)
 
@@ -232,10 +250,10 @@ class PPOTrainer:
 
         self.generation_config = GenerationConfig(
             max_new_tokens=args.max_new_tokens,
-            do_sample=True,
-            temperature=args.temperature,
-            top_k=0,  # sample from the policy's own distribution: PPO's ratios assume it
-            top_p=1.0,
+            do_sample=False,  # PolicySampler samples from the policy's own distribution (no top-k/p): PPO's ratios assume it
+            temperature=None,
+            top_k=None,
+            top_p=None,
             # An empty list, not None: transformers fills unset fields from the model's own generation config,
             # which would stop at its EOS (and apply its repetition penalty) behind PPO's back.
             eos_token_id=self.stop_token_id if self.stop_token_id is not None else [],
@@ -352,21 +370,21 @@ class PPOTrainer:
         query_ids = torch.stack([F.pad(q, (width - len(q), 0), value=self.pad_token_id) for q in queries]).to(device)
         query_mask = torch.stack([F.pad(torch.ones_like(q), (width - len(q), 0)) for q in queries]).to(device)
 
-        # 1. Sample, recording the policy's log-probs of the sampled tokens as generation goes (see SampledLogprobs;
+        # 1. Sample, recording the policy's log-probs of the sampled tokens as generation goes (see PolicySampler;
         # dropout is off, so they equal a training forward's). Generation's logits are never kept.
         chunks, logprob_chunks = [], []
         with unwrap_model_for_generation(self.model, self.accelerator) as unwrapped, self.accelerator.autocast():
             step = args.generation_batch_size or len(indices)
             for s in (slice(i, i + step) for i in range(0, len(indices), step)):
-                recorder = SampledLogprobs(args.temperature)
+                sampler = PolicySampler(args.temperature)
                 out = unwrapped.policy.generate(
                     input_ids=query_ids[s],
                     attention_mask=query_mask[s],
                     generation_config=self.generation_config,
-                    logits_processor=LogitsProcessorList([recorder]),
+                    logits_processor=LogitsProcessorList([sampler]),
                 )[:, width:]
                 missing = args.max_new_tokens - out.shape[1]  # every row stopped early
-                logprob_chunks.append(F.pad(recorder.logprobs(out), (0, missing)))
+                logprob_chunks.append(F.pad(sampler.logprobs(), (0, missing)))
                 chunks.append(F.pad(out, (0, missing), value=self.pad_token_id))
         responses, lengths, stopped = core.truncate_after_stop(torch.cat(chunks), self.stop_token_id, self.pad_token_id)
         responses = responses[:, : int(lengths.max())]

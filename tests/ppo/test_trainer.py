@@ -6,7 +6,10 @@ The fixtures live here rather than in a tests/ppo/conftest.py: other test module
 
 import json
 import math
+import platform
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -341,6 +344,62 @@ def test_logprobs_recorded_during_generation_equal_a_training_forward(mode, sft_
     assert r.logprobs.abs().sum() > 1  # real log-probs, not zeros
     torch.testing.assert_close(r.logprobs, forward, atol=2e-5, rtol=0)
     assert (r.logprobs[r.response_mask == 0] == 0).all()
+
+
+def test_the_sampler_draws_from_the_tempered_policy_and_records_the_drawn_tokens_logprobs():
+    from alignkit.ppo.trainer import PolicySampler
+
+    torch.manual_seed(0)
+    rows, temperature = 40_000, 0.7
+    logits = torch.tensor([0.0, 1.0, 2.0, float("-inf"), -1.0, 0.5]).repeat(rows, 1)  # token 3 is masked out
+    sampler = PolicySampler(temperature)
+    out = sampler(torch.zeros(rows, 1, dtype=torch.long), logits)
+    tokens = out.argmax(-1)  # what greedy generation takes
+    assert (out.isfinite().sum(-1) == 1).all()  # one token left to take in every row
+    expected = torch.softmax(logits[0] / temperature, -1)
+    frequencies = torch.bincount(tokens, minlength=6) / rows
+    assert frequencies[3] == 0
+    torch.testing.assert_close(frequencies, expected, atol=0.01, rtol=0)  # ~4.5 standard errors at the largest p
+    recorded = sampler.logprobs()[:, 0]
+    torch.testing.assert_close(recorded, torch.log_softmax(logits / temperature, -1)[0][tokens])
+
+
+FAULTS_OF_A_64_MIB_BLOCK = """
+import resource, sys, torch
+from alignkit.ppo.trainer import keep_freed_cpu_memory
+if sys.argv[1] == "keep":
+    assert keep_freed_cpu_memory()
+counts = []
+for _ in range(3):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    torch.ones(16 * 2**20)  # 64 MiB, written then freed
+    counts.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(counts[-1])
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="tunes glibc's malloc")
+def test_on_cpu_freed_memory_is_reused_without_new_page_faults():
+    # Stock glibc maps each block of 32 MiB or more afresh and the kernel zero-fills every page (16384 faults for
+    # 64 MiB); kept, the third 64 MiB block reuses the memory of the first two.
+    def faults(mode):
+        run = subprocess.run([sys.executable, "-c", FAULTS_OF_A_64_MIB_BLOCK, mode], capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr[-2000:]
+        return int(run.stdout.split()[-1])
+
+    assert faults("stock") > 10_000
+    assert faults("keep") < 1_000
+
+
+def test_the_trainer_keeps_freed_memory_on_cpu_unless_told_not_to(sft_dir, tokenizer, prompts, tmp_path, monkeypatch):
+    import alignkit.ppo.trainer as trainer_module
+
+    calls = []
+    monkeypatch.setattr(trainer_module, "keep_freed_cpu_memory", lambda: calls.append(1))
+    for keep in (True, False):
+        args = ppo_args(tmp_path, keep_freed_cpu_memory=keep)
+        PPOTrainer(args, lora_models(sft_dir), tokenizer, prompts, reward_fn=says("eats"))
+    assert calls == [1]
 
 
 def test_all_padding_columns_are_left_out_of_a_micro_batch():
