@@ -226,9 +226,16 @@ def new_peft_config(model, model_args: ModelConfig, reward: bool = False):
     return config
 
 
+def embedding_rows(model: PreTrainedModel) -> int:
+    """Token embeddings the model has, also under DeepSpeed ZeRO-3 (whose partitioned weights have shape (0,))."""
+    embeddings = model.get_input_embeddings()
+    weight = embeddings.weight
+    return getattr(embeddings, "num_embeddings", None) or getattr(weight, "ds_shape", weight.shape)[0]
+
+
 def check_vocab(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, name: str) -> None:
     """A tokenizer with ids the model has no embedding for fails deep inside a forward pass; fail here instead."""
-    rows = model.get_input_embeddings().weight.shape[0]
+    rows = embedding_rows(model)
     if len(tokenizer) > rows:
         raise ModelError(
             f"{name}: the tokenizer has {len(tokenizer)} tokens but the model only {rows} embeddings; "

@@ -27,6 +27,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors.torch import load_file
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, PreTrainedModel
+from transformers.integrations import is_deepspeed_zero3_enabled
 
 from alignkit.errors import ModelError
 from alignkit.models import _load_error, adapter_base, adapter_config
@@ -315,12 +316,17 @@ def load_ppo_models(
                 "Full-parameter PPO trains every weight, so it cannot load the models in 4 or 8 bit; "
                 "set use_peft: true (QLoRA) or drop load_in_4bit/load_in_8bit."
             )
+        if is_deepspeed_zero3_enabled():  # four separate sharded models; the frozen two would each need an engine
+            raise ModelError(
+                "Full-parameter PPO does not run under DeepSpeed ZeRO-3; set use_peft: true (one sharded base serves "
+                "all four models) or launch with recipes/accelerate/deepspeed_zero2.yaml."
+            )
         return _load_full(policy_path, reward_path, value_path, **kwargs)
     return _load_lora(policy_path, reward_path, value_path, peft_config, quantization_config, **kwargs)
 
 
 def _load_full(policy_path, reward_path, value_path, **kwargs) -> PPOModels:
-    policy = _causal_lm(policy_path, merge=True, **kwargs)
+    policy = _causal_lm(policy_path, merge=True, **kwargs).requires_grad_(True)  # a merged adapter's base is frozen
     ref = _freeze(_causal_lm(policy_path, merge=True, **kwargs))
     reward = None
     if reward_path:

@@ -8,6 +8,7 @@ scores and the per-token KL to the reference into per-token rewards, estimate ad
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import math
@@ -32,11 +33,13 @@ from trl.models import unwrap_model_for_generation
 from trl.trainer.utils import disable_dropout_in_model, entropy_from_logits, selective_log_softmax
 
 from alignkit.errors import AlignkitError, DataError, ModelError
+from alignkit.models import embedding_rows
 from alignkit.ppo import core
 from alignkit.ppo.config import PPOConfig
 from alignkit.ppo.models import PolicyAndValue, PPOModels, load_trained, save_trained
 
 STATE_FILE = "ppo_state.pt"
+DEEPSPEED_DIR = "deepspeed"  # in a checkpoint: what DeepSpeed wrote (weights and optimiser, a slice per process)
 LOG_FILE = "trainer_state.json"
 
 RewardFn = Callable[[list[str], list[str]], "torch.Tensor | list[float]"]
@@ -186,7 +189,7 @@ class PPOTrainer:
         self.prompts, self.prompt_texts = self._encode_prompts(train_dataset)
         for role in ("policy", "ref", "value", "reward"):
             module = getattr(models, role)
-            rows = module.model.get_input_embeddings().weight.shape[0] if module is not None else len(self.tokenizer)
+            rows = embedding_rows(module.model) if module is not None else len(self.tokenizer)
             if rows < len(self.tokenizer):  # would fail deep inside a forward pass; and a wrong vocabulary scores nonsense
                 raise ModelError(
                     f"The {role} model has {rows} token embeddings but the tokenizer {len(self.tokenizer)} tokens; "
@@ -233,10 +236,16 @@ class PPOTrainer:
             model.gradient_checkpointing_enable(args.activation_checkpointing_kwargs or {"use_reentrant": False})
         quantized = _quantized(model)
         deepspeed = self.accelerator.state.deepspeed_plugin
-        if deepspeed is not None and deepspeed.is_auto("train_micro_batch_size_per_gpu"):
+        self.deepspeed = deepspeed is not None
+        if self.deepspeed and deepspeed.is_auto("train_micro_batch_size_per_gpu"):
             # DeepSpeed reads the micro-batch from a prepared dataloader; PPO prepares none (Accelerate would raise).
             deepspeed.deepspeed_config["train_micro_batch_size_per_gpu"] = self.micro_batch_size
-        self.model, self.optimizer = self.accelerator.prepare(model, optimizer, device_placement=[not quantized, True])
+        if self.deepspeed and deepspeed.is_auto("gradient_clipping"):
+            # DeepSpeed clips inside its own step (Accelerate would fill in 1.0 whatever max_grad_norm says).
+            deepspeed.deepspeed_config["gradient_clipping"] = args.max_grad_norm or 0.0
+        # A 4-bit model is already on its device and cannot move; DeepSpeed places models itself (and refuses the list).
+        placement = {"device_placement": [False, True]} if quantized else {}
+        self.model, self.optimizer = self.accelerator.prepare(model, optimizer, **placement)
         # Train mode throughout, rollouts included: with dropout off both modes compute the same, and on CPU
         # bitsandbytes repacks 4-bit weights for inference at the first eval-mode forward, after which backward
         # through them is wrong.
@@ -469,13 +478,12 @@ class PPOTrainer:
                         values, r.values[i, t], r.returns[i, t], mask, args.cliprange_value
                     )
                     loss = pg_loss + args.vf_coef * vf_loss
-                    if not clipping:
+                    if not clipping or self.deepspeed:
                         self._check_finite_losses(update, pg_loss, vf_loss)
                     self.accelerator.backward(loss)
                     if self.accelerator.sync_gradients and clipping:
-                        policy_norm, value_norm = self._clip_gradients(update)
-                        stats["grad_norm"].append(policy_norm)
-                        stats["value_grad_norm"].append(value_norm)
+                        for name, norm in self._clip_gradients(update).items():
+                            stats[name].append(norm)
                     self.optimizer.step()
                     if self.accelerator.sync_gradients:
                         self.scheduler.step()
@@ -497,9 +505,10 @@ class PPOTrainer:
 
     def _check_finite_losses(self, update: int, pg_loss: torch.Tensor, vf_loss: torch.Tensor) -> None:
         """
-        Without clipping, the health check reads the losses before their backward pass: a non-finite loss is what
-        makes gradients NaN, and reading two numbers costs nothing where measuring every gradient costs a pass over
-        all of them (~1% of a full-parameter update). Counted over every process, so all of them stop together.
+        Without clipping (or under DeepSpeed, which steps inside the backward pass), the health check reads the losses
+        before their backward pass: a non-finite loss is what makes gradients NaN, and reading two numbers costs
+        nothing where measuring every gradient costs a pass over all of them (~1% of a full-parameter update).
+        Counted over every process, so all of them stop together.
         """
         bad = self._reduce(torch.stack([pg_loss, vf_loss]).detach().isfinite().logical_not().float())
         for role, loss, flag in zip(("policy", "value"), (pg_loss, vf_loss), bad.tolist()):
@@ -507,18 +516,28 @@ class PPOTrainer:
                 value = loss.item()
                 self._stop(update, f"the {role} loss is {value if not math.isfinite(value) else 'NaN or inf on another process'}")
 
-    def _clip_gradients(self, update: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Clip the policy's and the value model's gradients to `max_grad_norm` each; stop on a non-finite norm."""
-        self.accelerator.unscale_gradients()  # fp16 only: measure the true gradients
-        norms = tuple(
-            torch.nn.utils.clip_grad_norm_(params, self.args.max_grad_norm)
-            for params in (self.policy_params, self.value_params)
-        )
+    def _clip_gradients(self, update: int) -> dict[str, torch.Tensor]:
+        """
+        Clip the policy's and the value model's gradients to `max_grad_norm` each and return their norms; stop on a
+        non-finite norm. Under DeepSpeed, which holds the gradients itself and has already clipped the norm of both
+        together in its step, that one norm is returned as `grad_norm`.
+        """
+        if self.deepspeed:
+            norm = self.accelerator.clip_grad_norm_(self.model.parameters(), self.args.max_grad_norm)
+            roles = {"policy and value": ("grad_norm", norm)} if norm is not None else {}
+        else:
+            self.accelerator.unscale_gradients()  # fp16 only: measure the true gradients
+            roles = {
+                role: (name, torch.nn.utils.clip_grad_norm_(params, self.args.max_grad_norm))
+                for role, name, params in (
+                    ("policy", "grad_norm", self.policy_params), ("value", "value_grad_norm", self.value_params)
+                )
+            }
         # Gradients are already averaged over processes here, so every process sees the same norm and stops together.
-        for role, norm in zip(("policy", "value"), norms):
-            if not torch.isfinite(norm):
-                self._stop(update, f"the {role} gradient norm is {norm.item()} (a loss turned NaN or inf)")
-        return norms
+        for role, (_, norm) in roles.items():
+            if not torch.isfinite(torch.as_tensor(norm)):
+                self._stop(update, f"the {role} gradient norm is {float(norm)} (a loss turned NaN or inf)")
+        return dict(roles.values())
 
     # --- the loop --------------------------------------------------------------------------------------------------
 
@@ -607,12 +626,25 @@ class PPOTrainer:
         """The policy (LoRA adapter or full model, safetensors) and tokenizer; the value model in `value/`."""
         output_dir = Path(output_dir or self.args.output_dir)
         self.accelerator.wait_for_everyone()
-        if self.accelerator.is_main_process:
-            output_dir.mkdir(parents=True, exist_ok=True)
-            save_trained(self.models, output_dir)
-            self.tokenizer.save_pretrained(output_dir)
-            self.tokenizer.save_pretrained(output_dir / "value")
+        with self._gathered(self.policy_params + self.value_params):
+            if self.accelerator.is_main_process:
+                output_dir.mkdir(parents=True, exist_ok=True)
+                save_trained(self.models, output_dir)
+                self.tokenizer.save_pretrained(output_dir)
+                self.tokenizer.save_pretrained(output_dir / "value")
         self.accelerator.wait_for_everyone()
+
+    @staticmethod
+    def _gathered(params: list[torch.nn.Parameter]):
+        """
+        Under ZeRO-3, whose processes each hold a slice of every large weight, the whole of `params` on every process
+        while inside (collective: every process must enter). Elsewhere, nothing to do.
+        """
+        if not any(hasattr(p, "ds_id") for p in params):
+            return contextlib.nullcontext()
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(params)
 
     def save_metrics(self, split: str, metrics: dict) -> None:
         if self.accelerator.is_main_process:
@@ -639,10 +671,12 @@ class PPOTrainer:
         if self.accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
         self.save_model(tmp)
+        if self.deepspeed:  # each process holds its own slice of the optimiser state: DeepSpeed writes them all
+            self.accelerator.save_state(str(tmp / DEEPSPEED_DIR))
         if self.accelerator.is_main_process:
             state = {
                 "update": update,
-                "optimizer": self.optimizer.state_dict(),
+                "optimizer": None if self.deepspeed else self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "kl_ctl": self.kl_ctl.state_dict(),
             }
@@ -677,9 +711,16 @@ class PPOTrainer:
             path = Path(checkpoint)
             if not (path / STATE_FILE).is_file():
                 raise AlignkitError(f"resume_from_checkpoint: {path} is not a PPO checkpoint (no {STATE_FILE}).")
-        load_trained(self.models, path)
         state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.deepspeed != (state["optimizer"] is None):
+            raise AlignkitError(
+                f"{path} was written {'without' if self.deepspeed else 'under'} DeepSpeed; resume it the same way."
+            )
+        if self.deepspeed:
+            self.accelerator.load_state(str(path / DEEPSPEED_DIR))
+        else:
+            load_trained(self.models, path)
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.kl_ctl.load_state_dict(state["kl_ctl"])
         self.update = state["update"]

@@ -1,6 +1,6 @@
 """The Accelerate presets in recipes/accelerate/: each parses as `accelerate launch` reads it, leaves the process
-count to the command line, and says when to use it. (The DDP preset runs in test_ddp.py; the ZeRO and FSDP2 ones
-need a GPU: benchmarks/gpu_check.py launches them.)"""
+count to the command line, and says when to use it. (The DDP preset runs in test_ddp.py, the ZeRO ones in
+test_deepspeed.py on DeepSpeed's CPU accelerator; FSDP2 needs a GPU: benchmarks/gpu_check.py launches them all.)"""
 
 import pytest
 from accelerate.commands.config.config_args import load_config_from_file

@@ -258,6 +258,17 @@ def test_an_sft_adapter_keeps_training_and_a_frozen_copy_is_the_reference(sft_ad
     assert not torch.allclose(models.policy(ids, mask, pos), sft)
 
 
+def test_full_mode_on_an_sft_adapter_trains_every_policy_weight(sft_adapter_dir, rm_full_dir, tokenizer, prompts, tmp_path):
+    # The adapter is merged into its base for full mode; PEFT hands that base back frozen.
+    models = full_models(sft_adapter_dir, rm_full_dir)
+    policy = models.policy.model
+    assert len(models.policy_parameters()) == len(list(policy.parameters()))
+    before = {n: p.detach().clone() for n, p in policy.named_parameters()}
+    PPOTrainer(ppo_args(tmp_path, num_updates=1, learning_rate=1e-4), models, tokenizer, prompts).train()
+    changed = [n for n, p in policy.named_parameters() if not torch.equal(p, before[n])]
+    assert len(changed) > len(before) // 2, changed  # the policy itself trained, not only the value model
+
+
 def test_full_mode_refuses_a_quantised_base(sft_dir):
     from transformers import BitsAndBytesConfig
 
