@@ -99,3 +99,20 @@ def assert_ranks_agree(ranks: list[dict], world_size: int = 2) -> None:
         assert other["weights"].keys() == first.keys()
         for name, tensor in first.items():
             assert torch.equal(other["weights"][name], tensor), f"rank {other['rank']} differs at {name}"
+
+
+def sft_and_reward_adapters(root: Path, tiny_base: Path, sft_messages_file: Path, world) -> Path:
+    """
+    Train, in-process, what a PPO launch starts from: an SFT LoRA adapter in `root/sft` and a reward LoRA adapter on
+    it in `root/reward` (a few steps each). Returns the preference file whose prompts PPO samples from.
+    """
+    from conftest import FAST, run_stage, write_jsonl  # tests/conftest.py
+
+    common = [*FAST, "--use_peft", "true", "--learning_rate", "3e-3", "--max_steps", "4"]
+    run_stage("sft", "--model_name_or_path", str(tiny_base), "--dataset_name", str(sft_messages_file),
+              "--output_dir", str(root / "sft"), *common)  # fmt: skip
+    prefs = [{k: ex[k] for k in ("prompt", "chosen", "rejected")} for ex in world.preference_examples()[:48]]
+    prefs_file = write_jsonl(root / "prefs.jsonl", prefs)
+    run_stage("reward", "--model_name_or_path", str(root / "sft"), "--dataset_name", str(prefs_file),
+              "--output_dir", str(root / "reward"), "--max_length", "64", *common)  # fmt: skip
+    return prefs_file

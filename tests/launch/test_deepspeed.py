@@ -36,16 +36,10 @@ PPO = [
 @pytest.fixture(scope="module")
 def stages(tiny_base, sft_messages_file, world, tmp_path_factory):
     """SFT and reward LoRA adapters, trained in-process; and a ZeRO-3 config that slices every weight."""
-    from conftest import FAST, run_stage, write_jsonl
+    from launch.conftest import sft_and_reward_adapters
 
     root = tmp_path_factory.mktemp("deepspeed")
-    common = [*FAST, "--use_peft", "true", "--learning_rate", "3e-3", "--max_steps", "4"]
-    run_stage("sft", "--model_name_or_path", str(tiny_base), "--dataset_name", str(sft_messages_file),
-              "--output_dir", str(root / "sft"), *common)  # fmt: skip
-    prefs = [{k: ex[k] for k in ("prompt", "chosen", "rejected")} for ex in world.preference_examples()[:48]]
-    prefs_file = write_jsonl(root / "prefs.jsonl", prefs)
-    run_stage("reward", "--model_name_or_path", str(root / "sft"), "--dataset_name", str(prefs_file),
-              "--output_dir", str(root / "reward"), "--max_length", "64", *common)  # fmt: skip
+    prefs_file = sft_and_reward_adapters(root, tiny_base, sft_messages_file, world)
     zero3 = {
         "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0},
         **{k: "auto" for k in ("train_micro_batch_size_per_gpu", "train_batch_size", "gradient_accumulation_steps",

@@ -24,17 +24,10 @@ TARGET_KL, KL_HORIZON, KL_COEF = 0.01, 100, 0.2
 @pytest.fixture(scope="module")
 def ppo_launch(tiny_base, sft_messages_file, world, tmp_path_factory):
     """SFT and reward stages in-process (a LoRA adapter each), then one 2-process launch of PPO on them."""
-    from conftest import FAST, run_stage, write_jsonl  # tests/conftest.py
-    from launch.conftest import accelerate_launch
+    from launch.conftest import accelerate_launch, sft_and_reward_adapters
 
     root = tmp_path_factory.mktemp("ppo_launch")
-    common = [*FAST, "--use_peft", "true", "--learning_rate", "3e-3", "--max_steps", "4"]
-    run_stage("sft", "--model_name_or_path", str(tiny_base), "--dataset_name", str(sft_messages_file),
-              "--output_dir", str(root / "sft"), *common)  # fmt: skip
-    prefs = [{k: ex[k] for k in ("prompt", "chosen", "rejected")} for ex in world.preference_examples()[:48]]
-    prefs_file = write_jsonl(root / "prefs.jsonl", prefs)
-    run_stage("reward", "--model_name_or_path", str(root / "sft"), "--dataset_name", str(prefs_file),
-              "--output_dir", str(root / "reward"), "--max_length", "64", *common)  # fmt: skip
+    prefs_file = sft_and_reward_adapters(root, tiny_base, sft_messages_file, world)
     args = [
         root / "dump", "--model_name_or_path", root / "sft", "--reward_model_path", root / "reward",
         "--dataset_name", prefs_file, "--eval_split_size", "0", "--output_dir", root / "ppo", "--use_peft", "true",
