@@ -257,15 +257,16 @@ class PPOTrainer:
                 module.to(self.accelerator.device)
         self.optimizer_steps = 0  # real optimiser steps, for checks
 
+        # transformers fills every field left None from the model's own generation config: one that stops at its EOS,
+        # or applies a repetition penalty, behind PPO's back. So each is set here, the sampling ones to transformers'
+        # neutral defaults (a model's own temperature or top-k would only draw a warning next to greedy decoding).
         self.generation_config = GenerationConfig(
             max_new_tokens=args.max_new_tokens,
-            do_sample=False,  # PolicySampler samples from the policy's own distribution (no top-k/p): PPO's ratios assume it
-            temperature=None,
-            top_k=None,
-            top_p=None,
-            # An empty list, not None: transformers fills unset fields from the model's own generation config,
-            # which would stop at its EOS (and apply its repetition penalty) behind PPO's back.
-            eos_token_id=self.stop_token_id if self.stop_token_id is not None else [],
+            do_sample=False,  # greedy over the one token PolicySampler drew from the policy itself (no top-k/p)
+            temperature=1.0,
+            top_k=50,
+            top_p=1.0,
+            eos_token_id=self.stop_token_id if self.stop_token_id is not None else [],  # [], not None: see above
             repetition_penalty=1.0,
             pad_token_id=self.pad_token_id,
         )

@@ -381,24 +381,24 @@ from alignkit.ppo.trainer import keep_freed_cpu_memory
 if sys.argv[1] == "keep":
     assert keep_freed_cpu_memory()
 counts = []
-for _ in range(3):
+for _ in range(6):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     torch.ones(16 * 2**20)  # 64 MiB, written then freed
     counts.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-print(counts[-1])
+print(sum(counts[3:]))
 """
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="tunes glibc's malloc")
 def test_on_cpu_freed_memory_is_reused_without_new_page_faults():
     # Stock glibc maps each block of 32 MiB or more afresh and the kernel zero-fills every page (16384 faults for
-    # 64 MiB); kept, the third 64 MiB block reuses the memory of the first two.
+    # 64 MiB); kept, blocks 4 to 6 reuse the memory of the first ones (the heap can take a block or two to settle).
     def faults(mode):
         run = subprocess.run([sys.executable, "-c", FAULTS_OF_A_64_MIB_BLOCK, mode], capture_output=True, text=True)
         assert run.returncode == 0, run.stderr[-2000:]
         return int(run.stdout.split()[-1])
 
-    assert faults("stock") > 10_000
+    assert faults("stock") > 3 * 10_000
     assert faults("keep") < 1_000
 
 
