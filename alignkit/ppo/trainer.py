@@ -331,6 +331,10 @@ class PPOTrainer:
         for start in range(0, n, size):
             yield slice(start, start + size)
 
+    def _generation_chunks(self, n: int):
+        """Slices of `generation_batch_size` sequences (all `n` at once when unset)."""
+        return self._chunks(n, self.args.generation_batch_size or n)
+
     def _logprobs(self, model, input_ids, attention_mask, position_ids, responses) -> torch.Tensor:
         """Log-probabilities of `responses` (the last tokens of `input_ids`), one chunk at a time."""
         out = []
@@ -345,8 +349,8 @@ class PPOTrainer:
     def _scalars(self, model, input_ids, attention_mask, position_ids) -> torch.Tensor:
         # As many sequences per forward as generation took: without gradients and with one number per token out,
         # this holds less than generation's KV cache did, and larger batches run faster.
-        size = self.args.generation_batch_size or len(input_ids)
-        return torch.cat([model(input_ids[s], attention_mask[s], position_ids[s]) for s in self._chunks(len(input_ids), size)])
+        chunks = self._generation_chunks(len(input_ids))
+        return torch.cat([model(input_ids[s], attention_mask[s], position_ids[s]) for s in chunks])
 
     def _scores(self, indices, input_ids, attention_mask, position_ids, responses, lengths) -> torch.Tensor:
         if self.reward_fn is not None:
@@ -384,8 +388,7 @@ class PPOTrainer:
         # dropout is off, so they equal a training forward's). Generation's logits are never kept.
         chunks, logprob_chunks = [], []
         with unwrap_model_for_generation(self.model, self.accelerator) as unwrapped, self.accelerator.autocast():
-            step = args.generation_batch_size or len(indices)
-            for s in (slice(i, i + step) for i in range(0, len(indices), step)):
+            for s in self._generation_chunks(len(indices)):
                 sampler = PolicySampler(args.temperature)
                 out = unwrapped.policy.generate(
                     input_ids=query_ids[s],
@@ -525,20 +528,19 @@ class PPOTrainer:
         """
         if self.deepspeed:
             norm = self.accelerator.clip_grad_norm_(self.model.parameters(), self.args.max_grad_norm)
-            roles = {"policy and value": ("grad_norm", norm)} if norm is not None else {}
+            norms = [("policy and value", "grad_norm", norm)] if norm is not None else []
         else:
             self.accelerator.unscale_gradients()  # fp16 only: measure the true gradients
-            roles = {
-                role: (name, torch.nn.utils.clip_grad_norm_(params, self.args.max_grad_norm))
-                for role, name, params in (
-                    ("policy", "grad_norm", self.policy_params), ("value", "value_grad_norm", self.value_params)
-                )
-            }
+            clip = torch.nn.utils.clip_grad_norm_
+            norms = [
+                ("policy", "grad_norm", clip(self.policy_params, self.args.max_grad_norm)),
+                ("value", "value_grad_norm", clip(self.value_params, self.args.max_grad_norm)),
+            ]
         # Gradients are already averaged over processes here, so every process sees the same norm and stops together.
-        for role, (_, norm) in roles.items():
+        for role, _, norm in norms:
             if not torch.isfinite(torch.as_tensor(norm)):
                 self._stop(update, f"the {role} gradient norm is {float(norm)} (a loss turned NaN or inf)")
-        return dict(roles.values())
+        return {name: norm for _, name, norm in norms}
 
     # --- the loop --------------------------------------------------------------------------------------------------
 
