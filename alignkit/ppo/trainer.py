@@ -700,15 +700,19 @@ class PPOTrainer:
         limit = self.args.save_total_limit
         if not limit:
             return
-        old = [p for p in _checkpoints(Path(self.args.output_dir)) if p != keep]
+        from alignkit.outputs import complete_checkpoints  # here: alignkit.outputs -> config -> this package
+
+        old = [p for p in complete_checkpoints(self.args.output_dir) if p != keep]
         for path in old[: max(0, len(old) - (limit - 1))]:
             shutil.rmtree(path)
 
     def _resume(self, checkpoint: str | bool) -> None:
         if checkpoint is True:
-            found = _checkpoints(Path(self.args.output_dir))
+            from alignkit.outputs import complete_checkpoints, no_checkpoint  # see _rotate_checkpoints
+
+            found = complete_checkpoints(self.args.output_dir)
             if not found:
-                raise AlignkitError(f"{self.args.output_dir} has no checkpoint-* folder to resume from.")
+                raise AlignkitError(no_checkpoint(self.args.output_dir))
             path = found[-1]
         else:
             path = Path(checkpoint)
@@ -732,12 +736,6 @@ class PPOTrainer:
         if rng_file.is_file():
             _set_rng_state(torch.load(rng_file, weights_only=True))
         self._last_checkpoint = path
-
-
-def _checkpoints(output_dir: Path) -> list[Path]:
-    """checkpoint-<n> folders, oldest first."""
-    found = [p for p in output_dir.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
-    return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
 
 
 def _known_trackers() -> set[str]:
