@@ -305,7 +305,7 @@ class Pipeline:
         import alignkit.recipes
 
         command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
-                   "--num_processes", str(stage.num_processes), "--main_process_port", str(_free_port())]
+                   "--num_processes", str(stage.num_processes), "--main_process_port", str(free_port())]
         if stage.accelerate_config is not None:
             command += ["--config_file", str(self.accelerate_config_path(stage))]
         command += [str(Path(alignkit.recipes.__file__).parent / f"{stage.recipe}.py"), *args]
@@ -444,7 +444,8 @@ def _has_gpu() -> bool:
     return importlib.util.find_spec("torch") is not None and __import__("torch").cuda.is_available()
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A local port no process listens on, for `accelerate launch --main_process_port`."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

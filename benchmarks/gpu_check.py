@@ -32,7 +32,6 @@ import importlib.util
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -159,12 +158,6 @@ def gib(estimate) -> float:
     return round(estimate.total / 2**30, 2)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def worker(opts) -> None:
     """Inside `accelerate launch`: train (or run PPO) under the preset, save, and record what Accelerate ran."""
     import torch
@@ -195,6 +188,8 @@ def run_preset(preset: str, base: Path, data: Path, out: Path, steps: int, max_l
     """
     import torch
     from peft import AutoPeftModelForCausalLM
+
+    from alignkit.pipeline import free_port
 
     if preset.startswith("deepspeed") and importlib.util.find_spec("deepspeed") is None:
         raise RuntimeError("DeepSpeed is not installed (pip install deepspeed; on the GPU machine .whl/deepspeed/)")

@@ -26,22 +26,17 @@ assert the world size too, and where possible a step count that only a shared da
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 
+from alignkit.pipeline import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 ACCELERATE = REPO / ".venv" / "bin" / "accelerate"
 RANK_DUMP = str(Path(__file__).with_name("rank_dump.py"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def launch_env(env: dict | None = None) -> dict:
