@@ -304,11 +304,9 @@ def _check_model(key: str, value, inputs: StageInputs, report: Report):
         text = f"{name}" + (f" (adapter on {base})" if base else "")
     report.add(what, f"{text}; tokenizer {len(tokenizer)} tokens, chat template {template}")
     rows = getattr(getattr(config, "text_config", None) or config, "vocab_size", None)
-    if rows is not None and len(tokenizer) > rows:  # as models.check_vocab, without loading the weights
-        report.problem(
-            f"{name}: the tokenizer has {len(tokenizer)} tokens but the model only {rows} embeddings; "
-            "use the tokenizer saved with this model."
-        )
+    problem = models.vocab_problem(tokenizer, rows, name) if rows is not None else None  # as the run, without weights
+    if problem:
+        report.problem(problem)
     return tokenizer, config
 
 

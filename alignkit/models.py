@@ -233,11 +233,18 @@ def embedding_rows(model: PreTrainedModel) -> int:
     return getattr(embeddings, "num_embeddings", None) or getattr(weight, "ds_shape", weight.shape)[0]
 
 
+def vocab_problem(tokenizer: PreTrainedTokenizerBase, rows: int, name: str) -> str | None:
+    """What is wrong when the tokenizer has ids beyond the model's `rows` token embeddings, else None."""
+    if len(tokenizer) <= rows:
+        return None
+    return (
+        f"{name}: the tokenizer has {len(tokenizer)} tokens but the model only {rows} embeddings; "
+        "use the tokenizer saved with this model."
+    )
+
+
 def check_vocab(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, name: str) -> None:
     """A tokenizer with ids the model has no embedding for fails deep inside a forward pass; fail here instead."""
-    rows = embedding_rows(model)
-    if len(tokenizer) > rows:
-        raise ModelError(
-            f"{name}: the tokenizer has {len(tokenizer)} tokens but the model only {rows} embeddings; "
-            "use the tokenizer saved with this model."
-        )
+    problem = vocab_problem(tokenizer, embedding_rows(model), name)
+    if problem:
+        raise ModelError(problem)
