@@ -237,7 +237,6 @@ def merge(stage_output: str | Path, output_dir: str | Path, overwrite: bool = Fa
     import shutil
 
     import yaml
-    from transformers import AutoConfig
     from trl import ModelConfig
 
     from alignkit import models, outputs
@@ -250,10 +249,7 @@ def merge(stage_output: str | Path, output_dir: str | Path, overwrite: bool = Fa
         raise ModelError(f"{stage_output} holds {what}, so there is no adapter to merge; use the folder as it is.")
     base = models.adapter_base(stage_output)  # a moved local base gets a clear message here
     outputs.prepare_output_dir(str(output_dir), overwrite)
-    try:
-        stored = getattr(AutoConfig.from_pretrained(base, trust_remote_code=trust_remote_code), "quantization_config", None)
-    except (OSError, ValueError) as e:
-        raise models._load_error("Model", base, e) from None
+    stored = getattr(models.load_model_config(base, trust_remote_code=trust_remote_code), "quantization_config", None)
     config_file = stage_output / CONFIG_FILE_NAME
     run_config = (yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}) if config_file.is_file() else {}
     reward = adapter.get("task_type") == "SEQ_CLS"
