@@ -291,6 +291,12 @@ def save_config(output_dir: str | Path, *configs) -> Path:
     return path
 
 
+def read_saved_config(output_dir: str | Path) -> dict[str, Any]:
+    """The settings `save_config` wrote to `output_dir` ({} when it wrote none)."""
+    path = Path(output_dir) / CONFIG_FILE_NAME
+    return (yaml.safe_load(path.read_text(encoding="utf-8")) or {}) if path.is_file() else {}
+
+
 # The dataclasses each stage is configured with.
 STAGE_ARGS = {
     "pretrain": (ScriptArguments, PretrainConfig, ModelConfig),

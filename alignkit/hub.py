@@ -236,11 +236,10 @@ def merge(stage_output: str | Path, output_dir: str | Path, overwrite: bool = Fa
     """
     import shutil
 
-    import yaml
     from trl import ModelConfig
 
     from alignkit import models, outputs
-    from alignkit.config import CONFIG_FILE_NAME
+    from alignkit.config import CONFIG_FILE_NAME, read_saved_config
 
     stage_output, output_dir = Path(stage_output), Path(output_dir)
     adapter = models.adapter_config(stage_output)
@@ -251,7 +250,7 @@ def merge(stage_output: str | Path, output_dir: str | Path, overwrite: bool = Fa
     outputs.prepare_output_dir(str(output_dir), overwrite)
     stored = getattr(models.load_model_config(base, trust_remote_code=trust_remote_code), "quantization_config", None)
     config_file = stage_output / CONFIG_FILE_NAME
-    run_config = (yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}) if config_file.is_file() else {}
+    run_config = read_saved_config(stage_output)
     reward = adapter.get("task_type") == "SEQ_CLS"
     if stored:  # only quantised weights exist: merging into them would round the adapter's update away
         print(f"alignkit: the base {base} is stored quantised; it is dequantised to full precision before merging.")

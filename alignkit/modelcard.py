@@ -13,12 +13,11 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml
 from huggingface_hub import ModelCard, ModelCardData
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
-from alignkit.config import CONFIG_FILE_NAME
+from alignkit.config import CONFIG_FILE_NAME, read_saved_config
 from alignkit.models import adapter_config
 from alignkit.outputs import RUN_FILE_NAME, read_run
 CARD_FILE_NAME = "README.md"
@@ -48,11 +47,6 @@ TOKEN_PATTERN = re.compile(r"\bhf_[A-Za-z0-9]{20,}\b")
 
 
 # ------------------------------------------------------------------------------------------------- reading
-
-
-def _read_config(folder: Path) -> dict:
-    path = folder / CONFIG_FILE_NAME
-    return (yaml.safe_load(path.read_text(encoding="utf-8")) or {}) if path.is_file() else {}
 
 
 def _find_stage(recorded: str | None, near: Path) -> Path | None:
@@ -223,7 +217,7 @@ def model_card(
     if not chain or chain[-1][0] != output_dir:
         raise FileNotFoundError(f"{output_dir} holds no {RUN_FILE_NAME}: model cards are written for finished stages.")
     near = output_dir.parent
-    record, config, adapter = chain[-1][1], _read_config(output_dir), adapter_config(output_dir)
+    record, config, adapter = chain[-1][1], read_saved_config(output_dir), adapter_config(output_dir)
     stage = record["stage"]
     lineage = record.get("lineage") or {}
     base = display_name(lineage.get("base_model"), near)
@@ -248,7 +242,7 @@ def model_card(
         this = " (this model)" if folder == output_dir else ""
         body.append(
             f"{i}. **{rec['stage']}** {label}{this}: {STAGE_TITLES.get(rec['stage'], rec['stage'])} on `{data}`; "
-            f"{_settings(_read_config(folder), near)}"
+            f"{_settings(read_saved_config(folder), near)}"
         )
 
     metrics = _metrics(record)
