@@ -8,7 +8,7 @@ PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: demo test test-slow bench clean
+.PHONY: demo test test-slow lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,7 +23,10 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(BIN)/alignkit run recipes/demo/pipeline.yaml
 
-test: $(VENV)/.installed-dev
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check .
+
+test: lint
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q
 
 test-slow: $(VENV)/.installed-dev

@@ -1,14 +1,13 @@
 """alignkit: declarative LLM post-training recipes on TRL, PEFT and Accelerate."""
 
-__version__ = "0.1.0"
-
 import logging
+import warnings
+
+__version__ = "0.1.0"
 
 # bitsandbytes (imported by transformers when installed) warns at import that an optional CPU kernel package is
 # missing; it falls back to its own kernels, so the warning only alarms users.
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
-
-import warnings
 
 # TRL 1.16 and PEFT still read `model.is_gradient_checkpointing`, which transformers 5 deprecates at every access:
 # a FutureWarning per stage about code that is not the user's.

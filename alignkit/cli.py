@@ -1,6 +1,6 @@
 """The `alignkit` command.
 
-    alignkit <stage> --config <yaml> [--key value ...]    run one stage's recipe (pretrain, sft, reward, dpo, ppo)
+    alignkit <stage> --config <yaml> [--key value ...]    run one stage's recipe ({stages}); --help lists its options
     alignkit demo [--output_dir outputs/demo] [--seed 0]   the offline demo, every stage on a tiny model
     alignkit eval --policy DIR --reference DIR [--reward_model DIR] --prompts FILE.jsonl
                                                            a policy against its reference: rewards, win rate, KL
@@ -15,14 +15,15 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import sys
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
+from alignkit import preflight, stages
 from alignkit.errors import AlignkitError
-
-STAGES = ("pretrain", "sft", "reward", "dpo", "ppo")
 
 
 def _fail(error: AlignkitError) -> None:
@@ -35,18 +36,19 @@ def run_recipe(stage: str, args: list[str] | None = None, main: Callable | None 
     Parse a stage's config strictly and run its recipe's `main` (by default `alignkit.recipes.<stage>.main`,
     imported after the quick checks), reporting user errors in a line, not a traceback.
     """
-    from alignkit import preflight
-
     args = list(sys.argv[1:] if args is None else args)
+    if "-h" in args or "--help" in args:
+        print(stage_help(stage))
+        return None
     debug = "--debug" in args
     if debug:
         args.remove("--debug")
     try:
         preflight.check(stage, args)  # typos and bad data fail before the ML stack's ~5 s import
-        from alignkit.config import STAGE_ARGS, parse_args
+        from alignkit.config import parse_args, stage_dataclasses
 
-        main = main or importlib.import_module(f"alignkit.recipes.{stage}").main
-        parsed = parse_args(STAGE_ARGS[stage], args)
+        main = main or importlib.import_module(stages.get(stage).recipe_module).main
+        parsed = parse_args(stage_dataclasses(stage), args)
         output_dir = Path(getattr(parsed[1], "output_dir", None) or ".")
         existed = output_dir.exists()
         try:
@@ -63,13 +65,41 @@ def run_recipe(stage: str, args: list[str] | None = None, main: Callable | None 
         _fail(e)
 
 
+def _field_line(f: dataclasses.Field) -> str:
+    default = f.default if f.default is not dataclasses.MISSING else (
+        "..." if f.default_factory is not dataclasses.MISSING else "required")
+    help_text = " ".join(str(f.metadata.get("help", "")).split())
+    head = f"  --{f.name} (default: {default})"
+    return head + ("\n" + textwrap.fill(help_text, 110, initial_indent=" " * 6, subsequent_indent=" " * 6) if help_text else "")
+
+
+def stage_help(stage: str) -> str:
+    """`alignkit <stage> --help`: the stage's options, grouped as alignkit's, the training config's and the model's."""
+    from alignkit.config import stage_dataclasses  # the ML stack: only when help is asked for
+
+    spec = stages.get(stage)
+    script, training, model = stage_dataclasses(stage)
+    own = {f.name for f in dataclasses.fields(script)} - {f.name for f in dataclasses.fields(script.__mro__[1])}
+    groups = [
+        (f"alignkit options ({script.__module__}.{script.__name__})", [f for f in dataclasses.fields(script) if f.name in own]),
+        ("data options (trl.ScriptArguments)", [f for f in dataclasses.fields(script) if f.name not in own]),
+        (f"training options ({training.__module__}.{training.__name__})", dataclasses.fields(training)),
+        (f"model options ({model.__module__}.{model.__name__})", dataclasses.fields(model)),
+    ]
+    lines = [f"usage: alignkit {stage} --config <yaml> [--key value ...]", "",
+             f"{spec.title}: recipes/{stage}.py. Keys go in the YAML or on the command line; the command line wins."]
+    for title, fields in groups:
+        lines += ["", f"{title}:"] + [_field_line(f) for f in fields if f.init and not f.name.startswith("_")]
+    return "\n".join(lines)
+
+
 # Commands other than the stages: each is `main(argv)` of its module.
 COMMANDS = {
     "demo": "alignkit.demo.run",
-    "eval": "alignkit.evaluation",
-    "run": "alignkit.pipeline",
+    "eval": "alignkit.evaluation.cli",
+    "run": "alignkit.runner",
     "check": "alignkit.check",
-    "merge": "alignkit.hub",
+    "merge": "alignkit.export",
     "push": "alignkit.hub",
 }
 
@@ -77,15 +107,16 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__.strip())
+        print(__doc__.strip().format(stages=", ".join(stages.names())))
         return
     command, rest = argv[0], argv[1:]
     # Return nothing: the console script passes main's result to sys.exit, which would print a trainer and exit 1.
-    if command in STAGES:
+    if command in stages.STAGES:
         run_recipe(command, rest)
         return
     if command not in COMMANDS:
-        print(f"alignkit: unknown command '{command}'; expected one of {', '.join(STAGES + tuple(COMMANDS))}.", file=sys.stderr)
+        known = ", ".join((*stages.names(), *COMMANDS))
+        print(f"alignkit: unknown command '{command}'; expected one of {known}.", file=sys.stderr)
         sys.exit(2)
     debug = "--debug" in rest
     rest = [a for a in rest if a != "--debug"]

@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import enum
+import importlib
+import json
 import os
 import re
 import sys
@@ -22,14 +24,13 @@ from typing import Any
 import torch
 import trl
 import yaml
-from trl import DPOConfig, ModelConfig, RewardConfig, SFTConfig, TrlParser
+from trl import SFTConfig, TrlParser
 
+from alignkit import stages
+from alignkit.configfile import closest_hint, load_yaml, split_config_arg
 from alignkit.errors import ConfigError
 from alignkit.hub import take_hub_settings
-from alignkit.ppo.config import PPOConfig
-from alignkit.preflight import closest_hint, load_yaml, split_config_arg
-
-CONFIG_FILE_NAME = "alignkit_config.yaml"
+from alignkit.outputs import CONFIG_FILE_NAME
 
 
 @dataclass
@@ -291,17 +292,27 @@ def save_config(output_dir: str | Path, *configs) -> Path:
     return path
 
 
-def read_saved_config(output_dir: str | Path) -> dict[str, Any]:
-    """The settings `save_config` wrote to `output_dir` ({} when it wrote none)."""
-    path = Path(output_dir) / CONFIG_FILE_NAME
-    return (yaml.safe_load(path.read_text(encoding="utf-8")) or {}) if path.is_file() else {}
+def _resolve(spec: str):
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
-# The dataclasses each stage is configured with.
-STAGE_ARGS = {
-    "pretrain": (ScriptArguments, PretrainConfig, ModelConfig),
-    "sft": (ScriptArguments, SFTConfig, ModelConfig),
-    "reward": (ScriptArguments, RewardConfig, ModelConfig),
-    "dpo": (ScriptArguments, DPOConfig, ModelConfig),
-    "ppo": (ScriptArguments, PPOConfig, ModelConfig),
-}
+def stage_dataclasses(stage: str) -> tuple:
+    """The dataclasses stage `stage` is configured with: (ScriptArguments, <Method>Config, ModelConfig)."""
+    return tuple(_resolve(spec) for spec in stages.get(stage).config_classes)
+
+
+# Every stage's dataclasses, by stage name.
+STAGE_ARGS = {name: stage_dataclasses(name) for name in stages.names()}
+
+
+def write_keys_file() -> Path:
+    """Record every valid key per stage for the installed TRL/transformers in `stages.KEYS_FILE`."""
+    # argparse also accepts each key with dashes (`--max-length`); preflight folds those to underscores.
+    keys = {stage: sorted(k for k in valid_keys(types) if "-" not in k) for stage, types in STAGE_ARGS.items()}
+    stages.KEYS_FILE.write_text(json.dumps({"versions": stages.stack_versions(), "stages": keys}, indent=1) + "\n")
+    return stages.KEYS_FILE
+
+
+if __name__ == "__main__":
+    print(f"wrote {write_keys_file()}", file=sys.stderr)

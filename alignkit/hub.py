@@ -1,9 +1,8 @@
-"""Adapters and models out: push a stage's output to the Hugging Face Hub, and merge an adapter into its base.
+"""Push a stage's output to the Hugging Face Hub.
 
     alignkit push <folder> <repo_id> [--public]         upload a finished stage output (private unless --public)
-    alignkit merge <stage_output> --output_dir DIR      merge its LoRA adapter into the base and save safetensors
 
-A stage with `push_to_hub: true` pushes its output once it is saved (`outputs.train_and_save`), from the main
+A stage with `push_to_hub: true` pushes its output once it is saved (`training.train_and_save`), from the main
 process only, to `hub_model_id` (default: the output folder's name in your namespace), private unless
 `hub_private_repo: false`. The Trainer's own push is turned off (`take_hub_settings`): it fails at init when
 offline and uploads its own model card and every checkpoint.
@@ -27,11 +26,8 @@ from huggingface_hub.constants import is_offline_mode
 from huggingface_hub.errors import HfHubHTTPError, HTTPError, OfflineModeIsEnabled
 from huggingface_hub.utils import filter_repo_objects
 
-from alignkit.errors import AlignkitError, ConfigError, ModelError
-
-# As in alignkit.outputs; not imported from there so that a push that cannot work fails before the ~10 s import of
-# the ML stack.
-RUN_FILE_NAME = "alignkit_run.json"
+from alignkit.errors import AlignkitError, ConfigError
+from alignkit.outputs import RUN_FILE_NAME
 
 # What a push uploads, as `upload_folder` allow_patterns. No pattern starts with a wildcard: in these patterns `*`
 # also matches "/", so "*.safetensors" would upload DPO's `ref/` adapter and every checkpoint too.
@@ -223,83 +219,6 @@ def push_run(training_args) -> str | None:
     repo_id = training_args.hub_model_id or folder.resolve().name
     _write_card(folder, repo_id)  # the card alignkit just wrote, now with code that loads from the repo
     return push_output(folder, repo_id, private=training_args.hub_private_repo is not False, token=config_token(folder))
-
-
-def merge(stage_output: str | Path, output_dir: str | Path, overwrite: bool = False, trust_remote_code: bool = False) -> Path:
-    """
-    Merge the LoRA adapter in `stage_output` into its base model and save the result to `output_dir` as a full
-    model (safetensors) with the tokenizer and chat template. The base is loaded in its own dtype, never quantised:
-    an adapter trained on a 4-bit base (QLoRA) is merged into the full-precision base, and a base stored only in
-    4/8 bit is dequantised before the merge (merging into quantised weights would round). A reward adapter (SEQ_CLS)
-    merges into a sequence classifier with its trained score head. The run's record is copied, so the merged
-    folder is a finished run that `alignkit push` accepts and later stages can start from.
-    """
-    import shutil
-
-    from trl import ModelConfig
-
-    from alignkit import models, outputs
-    from alignkit.config import CONFIG_FILE_NAME, read_saved_config
-
-    stage_output, output_dir = Path(stage_output), Path(output_dir)
-    adapter = models.adapter_config(stage_output)
-    if adapter is None:
-        what = "a full model" if (stage_output / "config.json").is_file() else "no adapter_config.json"
-        raise ModelError(f"{stage_output} holds {what}, so there is no adapter to merge; use the folder as it is.")
-    base = models.adapter_base(stage_output)  # a moved local base gets a clear message here
-    outputs.prepare_output_dir(str(output_dir), overwrite)
-    stored = getattr(models.load_model_config(base, trust_remote_code=trust_remote_code), "quantization_config", None)
-    config_file = stage_output / CONFIG_FILE_NAME
-    run_config = read_saved_config(stage_output)
-    reward = adapter.get("task_type") == "SEQ_CLS"
-    if stored:  # only quantised weights exist: merging into them would round the adapter's update away
-        print(f"alignkit: the base {base} is stored quantised; it is dequantised to full precision before merging.")
-        model = models._apply_adapter(_dequantised(base, reward, trust_remote_code), str(stage_output), False, reward)
-    else:
-        if run_config.get("load_in_4bit") or run_config.get("load_in_8bit"):
-            bits = 4 if run_config.get("load_in_4bit") else 8
-            print(f"alignkit: the adapter was trained on a {bits}-bit base; it is merged into the full-precision base {base}.")
-        model_args = ModelConfig(model_name_or_path=str(stage_output), dtype="auto")  # the base's own dtype, unquantised
-        model = models.load_model(model_args, trust_remote_code, reward=reward)  # base + adapter, merged and unloaded
-    has_tokenizer = (stage_output / "tokenizer_config.json").is_file()
-    tokenizer = models.load_tokenizer(ModelConfig(model_name_or_path=str(stage_output) if has_tokenizer else base), trust_remote_code)
-    if reward:  # the score is read at the last non-pad token, as in training
-        model.config.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(output_dir)  # safetensors
-    tokenizer.save_pretrained(output_dir)  # with the chat template
-    record = outputs.read_run(stage_output)
-    if record is not None:
-        if config_file.is_file():
-            shutil.copy(config_file, output_dir / CONFIG_FILE_NAME)
-        record["merged_from"] = str(stage_output)
-        outputs.write_json_atomic(output_dir / outputs.RUN_FILE_NAME, record)  # the "finished" marker, written last
-    print(f"alignkit: merged the adapter in {stage_output} into {base}; saved the full model to {output_dir}.")
-    return output_dir
-
-
-def _dequantised(base: str, reward: bool, trust_remote_code: bool):
-    """A base stored quantised (bitsandbytes 4/8-bit), loaded and dequantised to its compute dtype."""
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-
-    from alignkit.models import _load_error
-
-    model_class = AutoModelForSequenceClassification if reward else AutoModelForCausalLM
-    try:
-        model = model_class.from_pretrained(base, trust_remote_code=trust_remote_code, **({"num_labels": 1} if reward else {}))
-    except (OSError, ValueError) as e:
-        raise _load_error("Model", base, e) from None
-    return model.dequantize()
-
-
-def merge_main(argv: list[str] | None = None) -> Path:
-    """`alignkit merge <stage_output> --output_dir DIR`"""
-    parser = argparse.ArgumentParser(prog="alignkit merge", description="Merge a stage's LoRA adapter into its base model.")
-    parser.add_argument("stage_output", help="a stage's output folder holding an adapter (adapter_config.json)")
-    parser.add_argument("--output_dir", required=True, help="an empty or new folder for the merged model")
-    parser.add_argument("--overwrite_output_dir", action="store_true", help="replace a run already in output_dir")
-    parser.add_argument("--trust_remote_code", action="store_true", help="allow the base's own loading code")
-    args = parser.parse_args(argv)
-    return merge(args.stage_output, args.output_dir, args.overwrite_output_dir, args.trust_remote_code)
 
 
 def push_main(argv: list[str] | None = None) -> str | None:

@@ -27,6 +27,9 @@ from pathlib import Path
 
 import torch
 
+from alignkit import stages
+from alignkit.models import adapter_base, adapter_config
+
 GIB = 2**30
 # Bytes of optimiser state per trainable parameter of `param_bytes` bytes; torch's AdamW keeps two states in the
 # parameter's dtype, bitsandbytes' 32-bit ones two fp32 states, the 8-bit ones two bytes.
@@ -38,7 +41,6 @@ LOGITS_BYTES = 16
 # TRL's SFT/DPO trainers fuse the LM head with the log-softmax: no full logits, but a buffer of
 # `min(tokens, TOKEN_CHUNK_SIZE) x vocab chunk` (the chunk's full width, whatever the vocabulary) and, without
 # Triton (CPU), about eight fp32 temporaries of one tile in the backward pass.
-FUSED_HEAD_STAGES = ("pretrain", "sft", "dpo")
 CPU_TILE_TEMPORARIES = 8
 HALF = (torch.bfloat16, torch.float16)
 
@@ -96,8 +98,6 @@ def _resolve_dtype(name, config) -> torch.dtype:
 
 def _base_and_adapter(path: str) -> tuple[str, dict | None]:
     """The base model's path and the adapter config when `path` is an earlier stage's adapter output."""
-    from alignkit.models import adapter_base, adapter_config
-
     base = adapter_base(path) if Path(path).is_dir() else None
     return (base, adapter_config(path)) if base else (path, None)
 
@@ -216,7 +216,7 @@ def _scoring_bytes(config, seq_len: int, act_bytes: int, lora: bool, pairs: int)
 
 def estimate(stage: str, model_args, training_args, model_config=None) -> MemoryEstimate:
     """
-    Memory one process needs to train `stage` ("pretrain", "sft", "reward", "dpo" or "ppo") with these configs:
+    Memory one process needs to train `stage` (a name in `alignkit.stages`, sized by its `MemoryModel`) with these configs:
     weights (by dtype, 4/8-bit quantisation), LoRA adapters, gradients, optimiser states and activations for
     `per_device_train_batch_size x max_length` (with or without activation checkpointing). For PPO it counts every
     model PPO holds: with LoRA one base (policy, reference, value and reward are adapters on it, or a second base
@@ -230,7 +230,8 @@ def estimate(stage: str, model_args, training_args, model_config=None) -> Memory
     config = model_config or AutoConfig.from_pretrained(base_path, trust_remote_code=getattr(training_args, "trust_remote_code", False))
     config = getattr(config, "text_config", None) or config
     notes: list[str] = []
-    reward = stage == "reward"
+    spec = stages.get(stage)
+    reward = not spec.is_policy
     peft_config = None
     if model_args.use_peft:
         if adapter is not None:  # continuing an earlier stage's adapter
@@ -270,7 +271,7 @@ def estimate(stage: str, model_args, training_args, model_config=None) -> Memory
     adapters = trainable * trainable_bytes if peft_config is not None else 0
     gradients = trainable * trainable_bytes
     optimizer = trainable * _optimiser_bytes_per_param(training_args.optim, trainable_bytes)
-    if stage == "dpo" and adapter is not None and peft_config is not None:
+    if spec.memory.reference_adapter_copy and adapter is not None and peft_config is not None:
         adapters += trainable * trainable_bytes  # TRL adds a frozen copy of the adapter as the reference
         notes.append("DPO keeps a frozen copy of the adapter as its reference")
 
@@ -281,15 +282,15 @@ def estimate(stage: str, model_args, training_args, model_config=None) -> Memory
     eager = (model_args.attn_implementation or getattr(config, "_attn_implementation", None)) == "eager"
     batch = training_args.per_device_train_batch_size
     # TRL's DPO and reward trainers (and alignkit's PPO) set every dropout to p=0, which keeps no copy or mask.
-    no_dropout = stage == "ppo" or getattr(training_args, "disable_dropout", False)
+    no_dropout = spec.memory.online_rl or getattr(training_args, "disable_dropout", False)
     lora_dropout = model_args.lora_dropout if peft_config is not None and not no_dropout else 0.0
     act = dict(act_bytes=act_bytes, checkpointing=checkpointing, lora_inputs=lora_inputs, lora_dropout=lora_dropout,
                eager=eager)
-    if stage == "ppo":
+    if spec.memory.online_rl:
         seq = (getattr(training_args, "max_prompt_length", None) or 512) + training_args.max_new_tokens
         # Policy and value each run a forward pass with gradients on the micro-batch; the policy's logits are
         # kept for the response tokens only.
-        activations = _activation_bytes(config, batch * seq, seq, lm_head="full",
+        activations = _activation_bytes(config, batch * seq, seq, lm_head=spec.memory.lm_head,
                                         logit_tokens=batch * training_args.max_new_tokens, **act)
         activations += _activation_bytes(config, batch * seq, seq, lm_head=None, **act)
         weights, adapters, gradients, optimizer = _ppo_models(
@@ -306,11 +307,11 @@ def estimate(stage: str, model_args, training_args, model_config=None) -> Memory
         activations = max(activations, cache + rollouts * config.vocab_size * 4)
     else:
         seq = training_args.max_length or 1024
-        pairs = 2 if stage in ("reward", "dpo") else 1  # chosen and rejected go through the model together
-        head = "fused" if stage in FUSED_HEAD_STAGES else None  # the reward model's score head is negligible
-        activations = _activation_bytes(config, pairs * batch * seq, seq, lm_head=head, **act)
+        # Chosen and rejected go through the model together; a reward model's score head is negligible.
+        activations = _activation_bytes(config, spec.memory.sequences * batch * seq, seq, lm_head=spec.memory.lm_head, **act)
         if reward:  # after training, the recipe scores pairs without gradients (alignkit.metrics.reward_stats)
-            activations = max(activations, _scoring_bytes(config, seq, act_bytes, peft_config is not None, training_args.per_device_eval_batch_size))
+            scoring = _scoring_bytes(config, seq, act_bytes, peft_config is not None, training_args.per_device_eval_batch_size)
+            activations = max(activations, scoring)
     if quant_bits:  # one linear layer's weight is dequantised at a time in forward and backward
         largest = max((m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear)), default=0)
         activations += largest * act_bytes

@@ -17,18 +17,11 @@ from huggingface_hub import ModelCard, ModelCardData
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
-from alignkit.config import CONFIG_FILE_NAME, read_saved_config
+from alignkit import stages
 from alignkit.models import adapter_config
-from alignkit.outputs import RUN_FILE_NAME, read_run
-CARD_FILE_NAME = "README.md"
+from alignkit.outputs import CONFIG_FILE_NAME, RUN_FILE_NAME, read_run, read_saved_config
 
-STAGE_TITLES = {
-    "pretrain": "continued pretraining",
-    "sft": "supervised fine-tuning (SFT)",
-    "reward": "reward modelling",
-    "dpo": "Direct Preference Optimization (DPO)",
-    "ppo": "PPO (RLHF against a reward model)",
-}
+CARD_FILE_NAME = "README.md"
 # The settings that tell a reader how a stage was trained, in the order they are listed; the rest of
 # alignkit_config.yaml stays in the file (and may hold local paths a card must not show).
 KEY_SETTINGS = (
@@ -39,8 +32,6 @@ KEY_SETTINGS = (
 )
 # Per-stage throughput numbers say more about the machine than the model.
 SKIPPED_METRICS = ("_runtime", "_per_second", "epoch", "total_flos")
-# Perplexity is exp(eval_loss): a language model's measure, meaningless for a reward or preference loss.
-PERPLEXITY_STAGES = ("pretrain", "sft")
 TOKEN_VARIABLE = re.compile(r"(^|_)TOKEN($|_)", re.IGNORECASE)  # HF_TOKEN, HUGGING_FACE_HUB_TOKEN, ...
 DATA_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet", ".txt", ".gz", ".arrow")
 TOKEN_PATTERN = re.compile(r"\bhf_[A-Za-z0-9]{20,}\b")
@@ -146,8 +137,18 @@ def _table(rows: dict[str, Any], near: Path) -> list[str]:
     return lines
 
 
+def _title(stage: str) -> str:
+    return stages.STAGES[stage].title if stage in stages.STAGES else stage
+
+
+def _is_reward_model(stage: str) -> bool:
+    return stage in stages.STAGES and not stages.STAGES[stage].is_policy
+
+
 def _metrics(record: dict) -> dict[str, float]:
-    skipped = SKIPPED_METRICS + (() if record["stage"] in PERPLEXITY_STAGES else ("perplexity",))
+    # Perplexity is exp(eval_loss): a language model's measure, meaningless for a reward or preference loss.
+    perplexity = record["stage"] in stages.STAGES and stages.STAGES[record["stage"]].perplexity
+    skipped = SKIPPED_METRICS + (() if perplexity else ("perplexity",))
     return {
         k: v for k, v in (record.get("metrics") or {}).items()
         if isinstance(v, (int, float)) and not any(s in k for s in skipped)
@@ -155,7 +156,7 @@ def _metrics(record: dict) -> dict[str, float]:
 
 
 def _usage(record: dict, adapter: dict | None, model_id: str, near: Path) -> list[str]:
-    reward = record["stage"] == "reward"
+    reward = _is_reward_model(record["stage"])
     lines = ["```python"]
     if adapter is None:
         auto = "AutoModelForSequenceClassification" if reward else "AutoModelForCausalLM"
@@ -197,14 +198,14 @@ def _card_data(chain: list[tuple[Path | None, dict]], adapter: dict | None, conf
         tags += ["peft", "lora"]
     if config.get("load_in_4bit") or config.get("load_in_8bit"):
         tags.append("qlora" if config.get("load_in_4bit") else "8-bit")
-    if stage == "reward":
+    if _is_reward_model(stage):
         tags.append("reward-model")
     return ModelCardData(
         base_model=base,
         library_name="peft" if adapter is not None else "transformers",
         tags=tags,
         datasets=datasets or None,
-        pipeline_tag="text-classification" if stage == "reward" else "text-generation",
+        pipeline_tag="text-classification" if _is_reward_model(stage) else "text-generation",
     )
 
 
@@ -223,11 +224,11 @@ def model_card(
     base = display_name(lineage.get("base_model"), near)
     name = output_dir.name
     kind = f"a LoRA adapter (r={adapter.get('r')}, alpha={adapter.get('lora_alpha')})" if adapter else "a full model"
-    what = "a reward model" if stage == "reward" else "a causal language model"
+    what = "a reward model" if _is_reward_model(stage) else "a causal language model"
 
     body = [f"# {name}", ""]
     body.append(
-        f"{what.capitalize()} trained by alignkit with {STAGE_TITLES.get(stage, stage)}"
+        f"{what.capitalize()} trained by alignkit with {_title(stage)}"
         f", from `{display_name(lineage.get('parent') or lineage.get('base_model'), near)}`"
         f" on `{display_name(lineage.get('dataset'), near) or 'its data'}`. The weights here are {kind}."
     )
@@ -241,7 +242,7 @@ def model_card(
         data = display_name((rec.get("lineage") or {}).get("dataset") or rec.get("dataset_name"), near)
         this = " (this model)" if folder == output_dir else ""
         body.append(
-            f"{i}. **{rec['stage']}** {label}{this}: {STAGE_TITLES.get(rec['stage'], rec['stage'])} on `{data}`; "
+            f"{i}. **{rec['stage']}** {label}{this}: {_title(rec['stage'])} on `{data}`; "
             f"{_settings(read_saved_config(folder), near)}"
         )
 

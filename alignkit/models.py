@@ -1,4 +1,5 @@
-"""Load tokenizers and causal LMs from a Hub id or a local folder, through one code path."""
+"""All model loading: tokenizers, causal LMs and reward models from a Hub id, a local folder or an earlier stage's
+output (a full model or a PEFT adapter on its base), through one code path; the one reader of adapter configs."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from alignkit.errors import ModelError
 DEFAULT_CHAT_TEMPLATE = Path(__file__).parent / "templates" / "chat_template.jinja"
 
 
-def _load_error(kind: str, name: str, error: Exception) -> ModelError:
+def load_error(kind: str, name: str, error: Exception) -> ModelError:
     message = str(error)
     if "trust_remote_code" in message:
         return ModelError(
@@ -65,7 +66,7 @@ def load_tokenizer(model_args: ModelConfig, trust_remote_code: bool = False, cha
             name, revision=model_args.model_revision, trust_remote_code=trust_remote_code
         )
     except (OSError, ValueError) as e:
-        raise _load_error("Tokenizer", name, e) from None
+        raise load_error("Tokenizer", name, e) from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if chat_template_path and not Path(chat_template_path).is_file():
@@ -82,7 +83,7 @@ def load_model_config(name: str, revision: str | None = None, trust_remote_code:
     try:
         return AutoConfig.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
-        raise _load_error("Model", name, e) from None
+        raise load_error("Model", name, e) from None
 
 
 def _dtype(name: str | None):
@@ -123,7 +124,7 @@ def adapter_base(path: str | Path) -> str | None:
     return base
 
 
-def _apply_adapter(model: PreTrainedModel, path: str, trainable: bool, reward: bool):
+def apply_adapter(model: PreTrainedModel, path: str, trainable: bool, reward: bool):
     from peft import PeftConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
     from safetensors.torch import load_file
 
@@ -190,13 +191,13 @@ def load_model(
         else:
             model = model_class.from_pretrained(base or name, **kwargs)
     except (OSError, ValueError) as e:
-        raise _load_error("Model", base or name, e) from None
+        raise load_error("Model", base or name, e) from None
     if quantization_config is not None:
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
     if base is not None:
-        model = _apply_adapter(model, name, trainable=model_args.use_peft, reward=reward)
+        model = apply_adapter(model, name, trainable=model_args.use_peft, reward=reward)
     return model
 
 
@@ -248,3 +249,105 @@ def check_vocab(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, name
     problem = vocab_problem(tokenizer, embedding_rows(model), name)
     if problem:
         raise ModelError(problem)
+
+
+# ------------------------------------------------------------------------------------------ finished outputs
+
+
+def load_dequantised(base: str, reward: bool, trust_remote_code: bool):
+    """A base stored quantised (bitsandbytes 4/8-bit), loaded and dequantised to its compute dtype."""
+    model_class = AutoModelForSequenceClassification if reward else AutoModelForCausalLM
+    try:
+        model = model_class.from_pretrained(base, trust_remote_code=trust_remote_code, **({"num_labels": 1} if reward else {}))
+    except (OSError, ValueError) as e:
+        raise load_error("Model", base, e) from None
+    return model.dequantize()
+
+
+def load_output_tokenizer(path: Path):
+    """The tokenizer saved with a stage output (or, for an adapter saved without one, its base's), prepared the
+    way alignkit's training prepared it: a pad token and a chat template."""
+    source = path
+    if not (path / "tokenizer_config.json").is_file() and adapter_base(path) is not None:
+        source = Path(adapter_base(path))
+    return load_tokenizer(ModelConfig(model_name_or_path=str(source)))
+
+
+def check_folder(path: str | Path, what: str) -> Path:
+    path = Path(path)
+    if not path.is_dir():
+        raise ModelError(f"No {what} at {path}: expected a stage's output folder (a full model or a PEFT adapter).")
+    return path
+
+
+def _architectures(path: Path) -> list[str]:
+    try:
+        return list(AutoConfig.from_pretrained(path).architectures or [])
+    except (OSError, ValueError) as e:
+        raise ModelError(f"Could not read the model config in {path}: {str(e).strip().splitlines()[0]}") from None
+
+
+def load_for_inference(path: str | Path):
+    """(model, tokenizer) from a stage's output folder, whether it holds a full causal LM or a PEFT adapter."""
+    path = check_folder(path, "stage output")
+    adapter = adapter_config(path)
+    try:
+        if adapter is not None:
+            if adapter.get("task_type") == "SEQ_CLS":
+                raise ModelError(f"{path} holds a reward model adapter (SEQ_CLS), not a language model.")
+            from peft import AutoPeftModelForCausalLM
+
+            adapter_base(path)  # a clear message when the base has moved
+            model = AutoPeftModelForCausalLM.from_pretrained(path)
+        else:
+            if any(a.endswith("ForSequenceClassification") for a in _architectures(path)):
+                raise ModelError(f"{path} holds a reward model (sequence classifier), not a language model.")
+            model = AutoModelForCausalLM.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"Could not load the model in {path}: {str(e).strip().splitlines()[0]}") from None
+    return model.eval(), load_output_tokenizer(path)
+
+
+def check_reward_folder(path: str | Path) -> tuple[Path, dict | None]:
+    """(folder, adapter config or None) for a reward model, checked without loading weights."""
+    path = check_folder(path, "reward model")
+    adapter = adapter_config(path)
+    if adapter is None:
+        if not any(a.endswith("ForSequenceClassification") for a in _architectures(path)):
+            raise ModelError(f"{path} holds no reward model (no sequence-classification head); pass the reward stage's output.")
+    elif adapter.get("task_type") != "SEQ_CLS":
+        raise ModelError(
+            f"{path} holds a {adapter.get('task_type') or 'causal LM'} adapter; a reward model adapter has "
+            "task_type SEQ_CLS (train it with the reward stage)."
+        )
+    elif not adapter.get("modules_to_save"):
+        raise ModelError(f"The adapter in {path} saved no score head (modules_to_save is empty).")
+    return path, adapter
+
+
+def load_reward_model(path: str | Path):
+    """
+    (model, tokenizer) for a reward stage's output: a full one-output `AutoModelForSequenceClassification`
+    folder, or a PEFT adapter with task_type SEQ_CLS (its score head saved in `modules_to_save`) applied to the
+    base named in its adapter_config.json. `config.pad_token_id` is set, since the score is read at the last
+    non-pad token.
+    """
+    path, adapter = check_reward_folder(path)
+    try:
+        if adapter is not None:
+            from peft import PeftModel
+
+            with suppress_seqcls_warning():  # the base's new score head is replaced by the adapter's
+                model = AutoModelForSequenceClassification.from_pretrained(adapter_base(path), num_labels=1)
+            model = PeftModel.from_pretrained(model, path)
+        else:
+            model = AutoModelForSequenceClassification.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"Could not load the reward model in {path}: {str(e).strip().splitlines()[0]}") from None
+    if model.config.num_labels != 1:
+        raise ModelError(f"{path} has {model.config.num_labels} outputs; a reward model has one.")
+    tokenizer = load_output_tokenizer(path)
+    config = model.config.get_text_config()
+    if config.pad_token_id is None:
+        config.pad_token_id = tokenizer.pad_token_id
+    return model.eval(), tokenizer

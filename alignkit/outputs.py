@@ -1,26 +1,34 @@
-"""What a stage writes to its `output_dir`, and the guard that keeps an earlier run from being overwritten."""
+"""The storage layer: a stage's output folder, its checkpoints and its run record, and the guard that keeps an
+earlier run from being overwritten. Imports no other alignkit module but `errors`."""
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import re
 import shutil
 from pathlib import Path
 from typing import Any
 
-from accelerate import PartialState
-from transformers import Trainer, TrainerCallback
+import yaml
 
-from alignkit import __version__, hub, memory
-from alignkit.config import CONFIG_FILE_NAME, save_config
 from alignkit.errors import AlignkitError, OutputDirError
 
 logger = logging.getLogger(__name__)
 
 RUN_FILE_NAME = "alignkit_run.json"
+CONFIG_FILE_NAME = "alignkit_config.yaml"  # the resolved config a run was trained with (`config.save_config`)
+
+
+def _process_state():
+    """Accelerate's view of this process (main or not), imported when needed: `alignkit push` reads this module and
+    must fail fast, before the ML stack loads."""
+    from accelerate import PartialState
+
+    return PartialState()
+
+
 # Files that show a folder holds a training run (ours or a plain Trainer's).
 RUN_MARKERS = (RUN_FILE_NAME, CONFIG_FILE_NAME, "trainer_state.json", "adapter_config.json", "model.safetensors")
 
@@ -33,6 +41,12 @@ def read_run(output_dir: str | Path) -> dict[str, Any] | None:
     """The record of a finished run in `output_dir`, or None when it holds no finished run."""
     path = Path(output_dir) / RUN_FILE_NAME
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def read_saved_config(output_dir: str | Path) -> dict[str, Any]:
+    """The settings a run saved to `output_dir` ({} when it saved none)."""
+    path = Path(output_dir) / CONFIG_FILE_NAME
+    return (yaml.safe_load(path.read_text(encoding="utf-8")) or {}) if path.is_file() else {}
 
 
 def prepare_output_dir(output_dir: str, overwrite: bool = False, resume: bool | str | None = None) -> None:
@@ -122,7 +136,7 @@ def resume_checkpoint(value: str | bool | None, output_dir: str | Path) -> str |
     complete = complete_checkpoints(output_dir)
     if not complete:
         raise OutputDirError(no_checkpoint(output_dir))
-    state = PartialState()
+    state = _process_state()
     if state.is_main_process:
         for partial in set(_checkpoints(output_dir)) - set(complete):
             logger.warning("Removing %s: it was not written to the end (the run was stopped while saving it).", partial)
@@ -150,7 +164,7 @@ def set_aside(output_dir: str | Path) -> None:
     new run finishes (`drop_previous`) or fails (`restore_previous`).
     """
     path, previous = Path(output_dir), previous_dir(output_dir)
-    state = PartialState()
+    state = _process_state()
     if state.is_main_process and path.is_dir() and any(path.iterdir()):
         if previous.exists() and read_run(path) is None:
             shutil.rmtree(path)  # an attempt killed earlier; the run it was replacing is already safe in `previous`
@@ -166,7 +180,7 @@ def restore_previous(output_dir: str | Path, error: BaseException | None = None)
     checkpoints, if any, are kept in `failed_dir(output_dir)`; an alignkit error's message says where things are.
     """
     path, previous = Path(output_dir), previous_dir(output_dir)
-    if not PartialState().is_main_process or not previous.is_dir():
+    if not _process_state().is_main_process or not previous.is_dir():
         return
     note = f"The earlier run in {path} was left as it was"
     if complete_checkpoints(path):
@@ -183,7 +197,7 @@ def restore_previous(output_dir: str | Path, error: BaseException | None = None)
 
 def drop_previous(output_dir: str | Path) -> None:
     """Delete the replaced run once the new one has finished (main process only)."""
-    if PartialState().is_main_process:
+    if _process_state().is_main_process:
         shutil.rmtree(previous_dir(output_dir), ignore_errors=True)
 
 
@@ -193,123 +207,3 @@ def write_json_atomic(path: str | Path, data: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
     os.replace(tmp, path)
-
-
-# --- NaN and inf ----------------------------------------------------------------------------------------------------
-
-
-class TrainingStoppedError(AlignkitError):
-    """The loss (or the gradient norm) turned NaN or inf."""
-
-
-class StopOnNonFinite(TrainerCallback):
-    """
-    Stop training when a logged loss or gradient norm is NaN or inf, naming the step and the last good checkpoint.
-    The Trainer saves a checkpoint right after it logs, so every step that saves (and the last step) is logged too:
-    no checkpoint is written before its loss was seen finite, and a NaN step never becomes the latest checkpoint.
-    Needs `logging_nan_inf_filter=False`, or the Trainer logs a running mean in place of a NaN loss.
-    """
-
-    def _log_before_saving(self, state, control):
-        if control.should_save or state.global_step >= state.max_steps:
-            control.should_log = True
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self._log_before_saving(state, control)
-
-    def on_epoch_end(self, args, state, control, **kwargs):
-        self._log_before_saving(state, control)
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        # fp16's loss scaler meets inf gradients by design and skips those steps.
-        names = ("loss", "eval_loss") if args.fp16 else ("loss", "eval_loss", "grad_norm")
-        for name in names:
-            value = (logs or {}).get(name)
-            if isinstance(value, (int, float)) and not math.isfinite(value):
-                done = complete_checkpoints(args.output_dir)
-                where = (
-                    f"the last good checkpoint is {done[-1]}; continue from it with `--resume_from_checkpoint true` "
-                    "and a lower learning_rate"
-                    if done
-                    else "no checkpoint was saved before it; try a lower learning_rate"
-                )
-                step = state.global_step
-                raise TrainingStoppedError(f"Training stopped at step {step}: the {name} is {value}; {where}.")
-
-
-def lineage(model_name_or_path: str, dataset_name: str | None) -> dict[str, Any]:
-    """Where a stage's model came from: the original base, the earlier stage it continues (if any), its data."""
-    from alignkit.models import adapter_base
-
-    parent = read_run(model_name_or_path) if Path(model_name_or_path).is_dir() else None
-    base = (parent or {}).get("lineage", {}).get("base_model") or adapter_base(model_name_or_path) or model_name_or_path
-    return {
-        "base_model": base,
-        "parent": model_name_or_path if parent else None,
-        "parent_stage": parent["stage"] if parent else None,
-        "dataset": dataset_name,
-    }
-
-
-def train_and_save(trainer, stage: str, script_args, training_args, model_args, extra=None) -> dict:
-    """
-    Train (resuming if asked), evaluate, and write the stage's output: weights (safetensors), tokenizer with its
-    chat template, the resolved config, metrics (`all_results.json`) and `alignkit_run.json` (lineage, metrics and
-    whatever `extra(trainer)` returns), which marks the run finished and is written last, atomically. Returns the
-    metrics. A NaN/inf loss stops training (`StopOnNonFinite`); an earlier run that `overwrite_output_dir` replaces
-    stays whole in `<output_dir>.previous` until this one has finished, and is put back if it fails.
-    """
-    output_dir = training_args.output_dir
-    resume = resume_checkpoint(training_args.resume_from_checkpoint, output_dir)
-    if isinstance(trainer, Trainer):  # alignkit's PPO trainer has its own health checks
-        trainer.args.logging_nan_inf_filter = False  # else a NaN loss is logged as the running mean
-        trainer.add_callback(StopOnNonFinite())
-    if resume is None and getattr(script_args, "overwrite_output_dir", False):
-        set_aside(output_dir)
-    elif trainer.is_world_process_zero():  # resuming a finished run: it is unfinished until saved again
-        Path(output_dir, RUN_FILE_NAME).unlink(missing_ok=True)
-    try:
-        metrics = _train_and_write(trainer, stage, script_args, training_args, model_args, extra, resume)
-    except BaseException as error:
-        restore_previous(output_dir, error)
-        raise
-    if resume or getattr(script_args, "overwrite_output_dir", False):  # this run (or the one it resumes) replaced it
-        drop_previous(output_dir)
-    if trainer.is_world_process_zero():  # after the run is safe: a failed push never undoes it
-        hub.push_run(training_args)  # only when the config asks for push_to_hub
-    return metrics
-
-
-def _train_and_write(trainer, stage, script_args, training_args, model_args, extra, resume) -> dict:
-    if trainer.is_world_process_zero():  # "needs ~X GiB, this device has Y" before any out-of-memory error
-        print(memory.report(stage, model_args, training_args), flush=True)
-    result = trainer.train(resume_from_checkpoint=resume)
-    metrics = dict(result.metrics)
-    if trainer.eval_dataset is not None:
-        metrics.update(trainer.evaluate())
-    if "eval_loss" in metrics:  # absent when TRL dropped every eval row (all longer than max_length)
-        metrics["perplexity"] = math.exp(min(metrics["eval_loss"], 50.0))
-    trainer.save_model(training_args.output_dir)  # weights and tokenizer (with chat template)
-    if trainer.is_world_process_zero():
-        trainer.save_metrics("all", metrics)
-        trainer.save_state()
-        save_config(training_args.output_dir, script_args, training_args, model_args)
-        record = {
-            "stage": stage,
-            "alignkit_version": __version__,
-            "model_name_or_path": model_args.model_name_or_path,
-            "dataset_name": script_args.dataset_name,
-            "lineage": lineage(model_args.model_name_or_path, script_args.dataset_name),
-            "metrics": metrics,
-            **(extra(trainer) if extra else {}),
-        }
-        write_json_atomic(Path(training_args.output_dir, RUN_FILE_NAME), record)
-        from alignkit import modelcard  # imported here: modelcard imports this module
-
-        modelcard.write_model_card(training_args.output_dir)  # replaces the placeholder card PEFT/TRL save
-    return metrics
-
-
-def eval_history(trainer) -> list[dict[str, float]]:
-    """(step, eval_loss) of every evaluation in the run, including one before training when `eval_on_start`."""
-    return [{"step": h["step"], "eval_loss": h["eval_loss"]} for h in trainer.state.log_history if "eval_loss" in h]

@@ -1,6 +1,4 @@
-"""`alignkit run`: every stage of a pipeline file, in order, each fed the earlier stages' outputs.
-
-    alignkit run <pipeline.yaml> [--from STAGE] [--output_dir DIR] [--set KEY=VALUE ...]
+"""Pipeline files: parse, check and plan them (what `alignkit run` and `alignkit check` read; `alignkit.runner` runs).
 
 A pipeline file (see `recipes/demo/pipeline.yaml`) names its stages in order; each names its recipe (pretrain,
 sft, reward, dpo, ppo), its stage config (a YAML file relative to the pipeline file, and/or inline `args`) and
@@ -8,26 +6,17 @@ its inputs by stage name (`model`, `reward_model`, `value_model`), which resolve
 under `<output_dir>/<stage>`. The whole file is checked before anything trains: recipes, stage references (only
 earlier stages: no cycles), input kinds (a reward model is no policy), config keys, config files.
 
-Each stage runs its recipe in this process, or under `accelerate launch` when it asks for `num_processes` > 1.
-Running a pipeline again skips stages whose output holds a finished run, resumes an interrupted stage from its
-last complete checkpoint, starts over a stage that left no checkpoint, and reruns every stage whose input was
-trained again; `--from STAGE` reruns that stage and all later ones. After each stage the report
-(`alignkit.report`: report.json, report.md, figures) is rewritten, and at the end its table is printed.
-`--set base_model=...` replaces a top-level key, `--set sft.learning_rate=...` one stage's inline arg.
+`Pipeline.plan` decides what a run does with each stage: skip a finished run, resume an interrupted stage from its
+last complete checkpoint, start over a stage that left no checkpoint, and rerun every stage whose input is trained
+again (`--from STAGE` reruns that stage and all later ones). `--set base_model=...` replaces a top-level key,
+`--set sft.learning_rate=...` one stage's inline arg.
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import importlib.util
-import os
 import re
-import socket
-import subprocess
-import sys
-import tempfile
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,14 +24,13 @@ from typing import Any
 
 import yaml
 
-from alignkit.errors import AlignkitError, ConfigError
-from alignkit.preflight import closest_hint, known_keys, load_yaml
+from alignkit import stages
+from alignkit.configfile import closest_hint, load_yaml
+from alignkit.errors import ConfigError
+from alignkit.outputs import complete_checkpoints, read_run
 
-RECIPES = ("pretrain", "sft", "reward", "dpo", "ppo")
-# The stages whose output is a causal LM; a reward stage's is a sequence classifier.
-POLICY_RECIPES = ("pretrain", "sft", "dpo", "ppo")
 # A stage's inputs by role, and the config key each one sets.
-INPUTS = {"model": "model_name_or_path", "reward_model": "reward_model_path", "value_model": "value_model_path"}
+INPUTS = stages.INPUT_KEYS
 PIPELINE_KEYS = ("base_model", "output_dir", "setup", "evaluation", "stages")
 STAGE_KEYS = ("recipe", "config", *INPUTS, "args", "num_processes", "accelerate_config")
 EVALUATION_KEYS = ("prompts", "judge", "max_new_tokens", "batch_size", "num_examples")
@@ -62,8 +50,13 @@ class Stage:
     accelerate_config: str | None = None
 
     @property
+    def spec(self) -> stages.Stage:
+        """What the registry says about this stage's recipe."""
+        return stages.STAGES[self.recipe]
+
+    @property
     def kind(self) -> str:
-        return "reward model" if self.recipe == "reward" else "policy"
+        return self.spec.kind
 
 
 @dataclass
@@ -137,7 +130,8 @@ class Pipeline:
             if role == "model" and other.kind != "policy":
                 raise self.error(
                     stage.name, f"model '{value}' is a reward model, not a policy",
-                    "`model` must be a policy stage (pretrain, sft, dpo, ppo) or `base`; a reward stage goes in `reward_model`",
+                    f"`model` must be a policy stage ({', '.join(n for n, s in stages.STAGES.items() if s.is_policy)}) or "
+                    "`base`; a reward stage goes in `reward_model`",
                 )
             if role == "reward_model" and other.kind != "reward model":
                 raise self.error(
@@ -206,7 +200,8 @@ class Pipeline:
                 return str(self.output_dir)
             key = name.removeprefix("setup.")
             if key not in self.variables:
-                raise self.error(None, f"${{{name}}}: setup {self.setup} returned no '{key}' (it returned {sorted(self.variables)})", "Fix the name")
+                returned = sorted(self.variables)
+                raise self.error(None, f"${{{name}}}: setup {self.setup} returned no '{key}' (it returned {returned})", "Fix the name")
             return self.variables[key]
 
         return VARIABLE.sub(replace, value)
@@ -236,7 +231,8 @@ class Pipeline:
         if self.setup:
             result = import_function(self.setup, self, "setup")(Path(self.output_dir))
             if not isinstance(result, Mapping):
-                raise self.error(None, f"setup {self.setup} returned a {type(result).__name__}, not a mapping of names to paths", "Return a dict")
+                what = type(result).__name__
+                raise self.error(None, f"setup {self.setup} returned a {what}, not a mapping of names to paths", "Return a dict")
             self.variables = {str(k): str(v) for k, v in result.items()}
         return self.variables
 
@@ -247,11 +243,10 @@ class Pipeline:
         What each stage will do: `skip` (a finished run), `resume` (an unfinished run with a checkpoint), `start`
         (nothing usable yet) or `rerun` (asked by `from_stage`, or an input is trained again: its output is stale).
         """
-        from alignkit.outputs import complete_checkpoints, read_run
-
         names = list(self.stages)
         if from_stage is not None and from_stage not in self.stages:
-            raise self.error(None, f"--from {from_stage}: no such stage{closest_hint(from_stage, names)}", f"Choose one of {', '.join(names)}")
+            hint = closest_hint(from_stage, names)
+            raise self.error(None, f"--from {from_stage}: no such stage{hint}", f"Choose one of {', '.join(names)}")
         first = names.index(from_stage) if from_stage else len(names)
         actions: dict[str, str] = {}
         for index, (name, stage) in enumerate(self.stages.items()):
@@ -266,6 +261,7 @@ class Pipeline:
                 actions[name] = "rerun"
         return actions
 
+
     def stage_args(self, stage: Stage, action: str, config_file: Path) -> list[str]:
         """Write the stage's config to `config_file` for this action; the recipe's command-line arguments."""
         settings = self.settings(stage)
@@ -278,43 +274,10 @@ class Pipeline:
             settings["resume_from_checkpoint"] = True
         elif output.is_dir() and any(output.iterdir()):
             settings["overwrite_output_dir"] = True
-        if stage.num_processes > 1 and not _has_gpu():
+        if stage.num_processes > 1 and not has_gpu():
             settings["use_cpu"] = True  # without it, each process trains alone on the same folder (STACK-NOTES)
         config_file.write_text(yaml.safe_dump(settings, sort_keys=False), encoding="utf-8")
         return ["--config", str(config_file)]
-
-    def run_stage(self, stage: Stage, action: str) -> None:
-        from alignkit import preflight
-
-        with tempfile.TemporaryDirectory(prefix="alignkit-") as tmp:
-            args = self.stage_args(stage, action, Path(tmp) / f"{stage.name}.yaml")
-            try:
-                preflight.check(stage.recipe, args)
-                if stage.num_processes > 1:
-                    self._launch(stage, args)
-                else:
-                    from alignkit.config import STAGE_ARGS, parse_args
-
-                    recipe = importlib.import_module(f"alignkit.recipes.{stage.recipe}")
-                    recipe.main(*parse_args(STAGE_ARGS[stage.recipe], args))
-            except AlignkitError as e:
-                raise type(e)(f"{self.path}: stage '{stage.name}': {e}") from None
-
-    def _launch(self, stage: Stage, args: list[str]) -> None:
-        """The stage's recipe under `accelerate launch --multi_gpu` (on CPU too: gloo DDP with `use_cpu`)."""
-        import alignkit.recipes
-
-        command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
-                   "--num_processes", str(stage.num_processes), "--main_process_port", str(free_port())]
-        if stage.accelerate_config is not None:
-            command += ["--config_file", str(self.accelerate_config_path(stage))]
-        command += [str(Path(alignkit.recipes.__file__).parent / f"{stage.recipe}.py"), *args]
-        env = dict(os.environ)
-        if not _has_gpu():
-            env["ACCELERATE_USE_CPU"] = "true"
-        code = subprocess.run(command, env=env).returncode
-        if code != 0:
-            raise AlignkitError(f"`accelerate launch` exited with code {code}; the stage's own error is printed above.")
 
 
 # -------------------------------------------------------------------------------------------------- loading
@@ -335,17 +298,18 @@ def load_pipeline(path: str | Path, overrides: Mapping[str, Any] | Iterable[str]
     for key in raw:
         if key not in PIPELINE_KEYS:
             raise pipeline.error(None, f"unknown key '{key}'{closest_hint(key, PIPELINE_KEYS)}", f"Use {', '.join(PIPELINE_KEYS)}")
-    stages = raw.get("stages")
-    if not isinstance(stages, dict) or not stages:
+    specs = raw.get("stages")
+    if not isinstance(specs, dict) or not specs:
         raise pipeline.error(None, "no stages", "Add `stages:` mapping each stage's name to its recipe, config and inputs")
-    for name, spec in stages.items():
+    for name, spec in specs.items():
         pipeline.stages[str(name)] = _stage(str(name), spec, pipeline)
     evaluation = raw.get("evaluation") or {}
     if not isinstance(evaluation, dict):
         raise pipeline.error(None, "evaluation must be a mapping", f"Give it {', '.join(EVALUATION_KEYS)}")
     for key in evaluation:
         if key not in EVALUATION_KEYS:
-            raise pipeline.error(None, f"unknown key 'evaluation.{key}'{closest_hint(key, EVALUATION_KEYS)}", f"Use {', '.join(EVALUATION_KEYS)}")
+            hint = closest_hint(key, EVALUATION_KEYS)
+            raise pipeline.error(None, f"unknown key 'evaluation.{key}'{hint}", f"Use {', '.join(EVALUATION_KEYS)}")
     pipeline.evaluation = evaluation
     pipeline.output_dir = str(raw.get("output_dir") or "outputs")
     pipeline.base_model = None if raw.get("base_model") is None else str(raw["base_model"])
@@ -360,8 +324,9 @@ def _stage(name: str, spec: Any, pipeline: Pipeline) -> Stage:
         if key not in STAGE_KEYS:
             raise pipeline.error(name, f"unknown key '{key}'{closest_hint(key, STAGE_KEYS)}", f"Use {', '.join(STAGE_KEYS)}")
     recipe = spec.get("recipe")
-    if recipe not in RECIPES:
-        raise pipeline.error(name, f"unknown recipe '{recipe}'{closest_hint(str(recipe), RECIPES)}", f"Use one of {', '.join(RECIPES)}")
+    if recipe not in stages.STAGES:
+        recipes = stages.names()
+        raise pipeline.error(name, f"unknown recipe '{recipe}'{closest_hint(str(recipe), recipes)}", f"Use one of {', '.join(recipes)}")
     args = spec.get("args") or {}
     if not isinstance(args, dict):
         raise pipeline.error(name, "args must be a mapping of config keys to values", "Write `args: {key: value}`")
@@ -408,7 +373,8 @@ def _apply_override(raw: dict, key: str, value: Any, pipeline: Pipeline) -> None
         else:
             spec.setdefault("args", {})[rest] = value
     else:
-        raise pipeline.error(None, f"--set {key}: no stage '{head}'{closest_hint(head, raw.get('stages') or {})}", "Name a stage, `evaluation`, or a top-level key")
+        hint = closest_hint(head, raw.get("stages") or {})
+        raise pipeline.error(None, f"--set {key}: no stage '{head}'{hint}", "Name a stage, `evaluation`, or a top-level key")
 
 
 # --------------------------------------------------------------------------------------------------- helpers
@@ -416,11 +382,11 @@ def _apply_override(raw: dict, key: str, value: Any, pipeline: Pipeline) -> None
 
 def stage_keys(recipe: str) -> set[str]:
     """Every key `recipe`'s config accepts (from the shipped key list; the full parser's for other versions)."""
-    keys = known_keys(recipe)
+    keys = stages.known_keys(recipe)
     if keys is None:
-        from alignkit.config import STAGE_ARGS, valid_keys
+        from alignkit.config import stage_dataclasses, valid_keys  # the ML stack: only for untested TRL versions
 
-        keys = valid_keys(STAGE_ARGS[recipe])
+        keys = valid_keys(stage_dataclasses(recipe))
     return keys
 
 
@@ -440,81 +406,5 @@ def _strings(value) -> list[str]:
     return [value] if isinstance(value, str) else []
 
 
-def _has_gpu() -> bool:
+def has_gpu() -> bool:
     return importlib.util.find_spec("torch") is not None and __import__("torch").cuda.is_available()
-
-
-def free_port() -> int:
-    """A local port no process listens on, for `accelerate launch --main_process_port`."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-# ------------------------------------------------------------------------------------------------- the run
-
-
-def _write_model_cards(pipeline: Pipeline, rows: Mapping[str, dict]) -> None:
-    # Model cards are another module's job; until it exists the report is all this run writes.
-    if importlib.util.find_spec("alignkit.modelcard") is None:
-        return
-    from alignkit.modelcard import write_model_card
-
-    for name, row in rows.items():
-        write_model_card(pipeline.stage_dir(name), evaluation=row)
-
-
-def run_pipeline(
-    path: str | Path,
-    from_stage: str | None = None,
-    output_dir: str | Path | None = None,
-    overrides: Mapping[str, Any] | Iterable[str] | None = None,
-) -> dict:
-    """Validate, run `setup`, then every stage (skipping, resuming or rerunning as `plan` says); returns the report."""
-    start = time.time()
-    pipeline = load_pipeline(path, overrides)
-    if output_dir is not None:
-        pipeline.output_dir = str(output_dir)
-    pipeline.validate()  # before the ML stack's import: a mistake in the file is reported in a second
-    actions = pipeline.plan(from_stage)
-
-    from alignkit import report
-    Path(pipeline.output_dir).mkdir(parents=True, exist_ok=True)
-    pipeline.run_setup()
-    evaluator = report.Evaluator.from_pipeline(pipeline)  # loads the prompts and judge: fails before training too
-
-    rows = report.load_rows(pipeline.output_dir)  # earlier runs' evaluations, reused for unchanged stages
-    for name, stage in pipeline.stages.items():
-        action = actions[name]
-        print(f"[alignkit run] {name}: {_describe(action, pipeline.stage_dir(name))}", flush=True)
-        began = time.time()
-        if action != "skip":
-            pipeline.run_stage(stage, action)
-        seconds = None if action == "skip" else round(time.time() - began, 1)
-        rows[name] = report.stage_row(pipeline, stage, action, seconds, evaluator, rows.get(name))
-        result = report.write_report(pipeline, rows, time.time() - start)
-        _write_model_cards(pipeline, {name: result["stages"][name]})
-    result = report.write_report(pipeline, rows, time.time() - start)
-    _write_model_cards(pipeline, result["stages"])  # rows filled in by later stages (an RM score) are final now
-    print(report.format_table(result))
-    print(f"report: {Path(pipeline.output_dir) / report.MARKDOWN_FILE}")
-    return result
-
-
-def _describe(action: str, output: Path) -> str:
-    if action == "resume":
-        from alignkit.outputs import complete_checkpoints
-
-        return f"resuming from {complete_checkpoints(output)[-1].name}"
-    return {"skip": f"already finished in {output}, skipped", "start": "training", "rerun": "training again"}[action]
-
-
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="alignkit run", description=__doc__.splitlines()[0])
-    parser.add_argument("pipeline", help="the pipeline YAML file")
-    parser.add_argument("--from", dest="from_stage", metavar="STAGE", help="rerun this stage and every later one")
-    parser.add_argument("--output_dir", help="instead of the file's output_dir")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a top-level key (base_model=...) or a stage's arg (sft.learning_rate=...)")
-    opts = parser.parse_args(argv)
-    return run_pipeline(opts.pipeline, opts.from_stage, opts.output_dir, opts.overrides)

@@ -23,28 +23,21 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from alignkit import evaluation
+from alignkit.errors import ConfigError
+from alignkit.evaluation.judges import judge_columns, load_judge
 from alignkit.outputs import RUN_FILE_NAME, read_run
-
-if TYPE_CHECKING:
-    from alignkit.pipeline import Pipeline, Stage
+from alignkit.pipeline import Pipeline, Stage
+from alignkit.stages import STAGES
 
 JSON_FILE = "report.json"
 MARKDOWN_FILE = "report.md"
 FIGURES_DIR = "figures"
 STATUS = {"skip": "skipped", "resume": "resumed", "start": "trained", "rerun": "trained"}
-# The training curves drawn per recipe: (panel title, log_history keys drawn in it).
-CURVES = {
-    "pretrain": [("loss", ("loss", "eval_loss"))],
-    "sft": [("loss", ("loss", "eval_loss")), ("token accuracy", ("mean_token_accuracy", "eval_mean_token_accuracy"))],
-    "reward": [("loss", ("loss", "eval_loss")), ("pairwise accuracy", ("accuracy", "eval_accuracy"))],
-    "dpo": [("loss", ("loss", "eval_loss")), ("reward accuracy", ("rewards/accuracies", "eval_rewards/accuracies"))],
-    "ppo": [("RM score", ("score",)), ("KL to reference", ("kl",)), ("entropy", ("entropy",)),
-            ("response length", ("response_length",))],
-}
-# Short column names for the demo judge's rates; any other judge's rates keep their own names.
-JUDGE_COLUMNS = {"gold_correctness": "correct", "gold_politeness": "polite", "gold_concision": "concise"}
+# The names the series a stage logs per update (`Stage.series`) get in its report row.
+SERIES_NAMES = {"score": "reward", "kl": "kl"}
 
 
 # ------------------------------------------------------------------------------------------------ evaluating
@@ -58,6 +51,7 @@ class Evaluator:
     rows: list[dict] = field(default_factory=list)
     judge: Callable | None = None
     judge_name: str | None = None
+    judge_columns: dict[str, str] = field(default_factory=dict)  # the judge's short table headers
     max_new_tokens: int = 64
     batch_size: int = 32
     num_examples: int = 3
@@ -65,19 +59,21 @@ class Evaluator:
 
     @classmethod
     def from_pipeline(cls, pipeline: Pipeline) -> Evaluator:
-        from alignkit.evaluation import load_prompts
-        from alignkit.pipeline import import_function
-
         settings = pipeline.evaluation
         if not settings:
             return cls()
         prompts = pipeline.substitute(str(settings["prompts"]))
         judge_name = settings.get("judge")
+        try:
+            judge = load_judge(judge_name) if judge_name else None
+        except ConfigError as e:
+            raise pipeline.error(None, f"evaluation.{e}".rstrip("."), "See alignkit.evaluation.judges") from None
         evaluator = cls(
             prompts_file=prompts,
-            rows=load_prompts(prompts),
-            judge=import_function(judge_name, pipeline, "evaluation.judge")() if judge_name else None,
+            rows=evaluation.load_prompts(prompts),
+            judge=judge,
             judge_name=judge_name,
+            judge_columns=judge_columns(judge),
             max_new_tokens=settings.get("max_new_tokens", 64),
             batch_size=settings.get("batch_size", 32),
             num_examples=settings.get("num_examples", 3),
@@ -110,24 +106,23 @@ def reward_model_for(pipeline: Pipeline, stage: Stage) -> str | None:
     if own in pipeline.stages:
         return own
     names = list(pipeline.stages)
-    earlier = [n for n in names[: names.index(stage.name)] if pipeline.stages[n].recipe == "reward"]
+    earlier = [n for n in names[: names.index(stage.name)] if not pipeline.stages[n].spec.is_policy]
     return earlier[-1] if earlier else None
 
 
 def stage_row(pipeline: Pipeline, stage: Stage, action: str, seconds: float | None, evaluator: Evaluator,
               cached: Mapping | None = None) -> dict:
     """A stage's row of the report; the cached row's evaluation when the stage and its inputs are unchanged."""
-    from alignkit.pipeline import POLICY_RECIPES
-
+    spec = stage.spec
     out = pipeline.stage_dir(stage.name)
     previous = pipeline.previous(stage)
-    reward_model = reward_model_for(pipeline, stage) if evaluator.rows and stage.recipe in POLICY_RECIPES else None
+    reward_model = reward_model_for(pipeline, stage) if evaluator.rows and spec.is_policy else None
     key = _digest(
         stage.recipe.encode(), _run_text(out), evaluator.fingerprint.encode(),
         *(name.encode() + _run_text(pipeline.stage_dir(name)) for name in (previous, reward_model) if name),
     )
     status = {"status": STATUS[action], "train_seconds": seconds if seconds is not None else (cached or {}).get("train_seconds")}
-    if cached is not None and cached.get("evaluation_key") == key:
+    if cached is not None and cached.get("evaluation_key") == key and "judged" in cached:
         return {**cached, **status}
 
     record = read_run(out) or {}
@@ -140,32 +135,30 @@ def stage_row(pipeline: Pipeline, stage: Stage, action: str, seconds: float | No
         "metrics": record.get("metrics", {}),
     }
     history = _history(out)
-    if stage.recipe == "pretrain":
+    if spec.data_format == "pretrain":  # raw text: perplexity before and after says what was learned
         losses = [h for h in history if "eval_loss" in h]
         if losses and losses[0]["step"] == 0:  # `eval_on_start`: the model before training
             row["perplexity_before"] = math.exp(min(losses[0]["eval_loss"], 50.0))
         if "perplexity" in row["metrics"]:
             row["perplexity_after"] = row["metrics"]["perplexity"]
-    if stage.recipe == "reward" and "reward_stats" in record:
+    if not spec.is_policy and "reward_stats" in record:
         stats = record["reward_stats"]  # exact pairwise accuracy on the held-out pairs
         row.update(eval_accuracy=stats["accuracy"], eval_margin=stats["margin"], prefers_longer=stats["prefers_longer"])
-    if stage.recipe in POLICY_RECIPES and evaluator.rows:
+    if spec.is_policy and evaluator.rows:
         previous_dir = pipeline.stage_dir(previous) if previous else None
         rm_dir = pipeline.stage_dir(reward_model) if reward_model else None
         row.update(evaluate(out, previous_dir, rm_dir, evaluator))
         if previous and pipeline.stages[previous].recipe == "sft":  # the demo's names: against the SFT model
             row.update(kl_to_sft=row["kl_to_previous"], rm_win_rate_vs_sft=row["rm_win_rate_vs_previous"],
                        sft_rm_score=row["previous_rm_score"])
-    if stage.recipe == "ppo":  # per update: the reward model's score rises while KL stays bounded
-        row.update(reward=[h["score"] for h in history if "score" in h], kl=[h["kl"] for h in history if "kl" in h])
+    for logged in spec.series:  # per update (online RL): the reward model's score rises while KL stays bounded
+        row[SERIES_NAMES.get(logged, logged)] = [h[logged] for h in history if logged in h]
     row["evaluation_key"] = key
     return row
 
 
 def evaluate(policy: Path, previous: Path | None, reward_model: Path | None, evaluator: Evaluator) -> dict:
     """A policy's answers to the held-out prompts: judge rates, RM score, and against `previous` win rate and KL."""
-    from alignkit import evaluation
-
     settings = dict(max_new_tokens=evaluator.max_new_tokens, batch_size=evaluator.batch_size)
     if previous is not None:
         result = evaluation.evaluate_policy(
@@ -173,6 +166,7 @@ def evaluate(policy: Path, previous: Path | None, reward_model: Path | None, eva
         )
         mine, theirs = result["policy"], result["reference"]
         row = {k: v for k, v in mine.items() if k not in ("path", "reward_mean", "answer_tokens_mean")}
+        row["judged"] = list(row)  # the judge's metrics: the table's judge columns
         row.update(
             rm_score=mine["reward_mean"],
             previous_rm_score=theirs["reward_mean"],
@@ -189,7 +183,8 @@ def evaluate(policy: Path, previous: Path | None, reward_model: Path | None, eva
     model, tokenizer = evaluation.load_for_inference(policy)
     conversations = [evaluation.prompt_conversation(r) for r in evaluator.rows]
     answers = evaluation.generate(model, tokenizer, conversations, settings["max_new_tokens"], settings["batch_size"])
-    row = evaluation._judge_rates(evaluator.judge, evaluator.rows, answers) if evaluator.judge else {}
+    row = evaluation.judge_rates(evaluator.judge, evaluator.rows, answers) if evaluator.judge else {}
+    row["judged"] = list(row)
     row["rm_score"] = None
     if reward_model is not None:
         rm, rm_tokenizer = evaluation.load_reward_model(reward_model)
@@ -218,15 +213,20 @@ def load_rows(output_dir: str | Path) -> dict[str, dict]:
 def _fill_rm_scores(stages: dict[str, dict]) -> None:
     """A policy evaluated before any reward model existed gets the score a later stage's evaluation gave it."""
     for name, row in stages.items():
-        if row.get("recipe") == "reward" or (row.get("rm_score") is not None and "rm_score_from" not in row):
+        if not STAGES[row["recipe"]].is_policy or (row.get("rm_score") is not None and "rm_score_from" not in row):
             continue
         later = [(n, r) for n, r in stages.items() if r.get("from") == name and r.get("previous_rm_score") is not None]
         if later:
             row["rm_score"], row["rm_score_from"] = later[0][1]["previous_rm_score"], later[0][0]
 
 
-def write_report(pipeline: Pipeline, rows: Mapping[str, dict], wall_seconds: float) -> dict:
-    """Write report.json, report.md and the figures for the stages in `rows`; returns the report."""
+def write_report(
+    pipeline: Pipeline, rows: Mapping[str, dict], wall_seconds: float, judge_columns: Mapping[str, str] | None = None
+) -> dict:
+    """
+    Write report.json, report.md and the figures for the stages in `rows`; returns the report. `judge_columns` are
+    the judge's short table headers by metric name (`judges.judge_columns`).
+    """
     out = Path(pipeline.output_dir)
     stages = {name: dict(rows[name]) for name in pipeline.stages if name in rows}
     _fill_rm_scores(stages)
@@ -237,6 +237,7 @@ def write_report(pipeline: Pipeline, rows: Mapping[str, dict], wall_seconds: flo
         "output_dir": str(out),
         "setup": dict(pipeline.variables),
         "evaluation": {k: pipeline.substitute(v) for k, v in pipeline.evaluation.items()},
+        "judge_columns": dict(judge_columns or {}),
         "stages": stages,
         "wall_seconds": round(wall_seconds, 1),
     }
@@ -253,16 +254,17 @@ def write_figures(pipeline: Pipeline, stages: Mapping[str, dict]) -> dict[str, s
         if not state.is_file():
             continue
         target = Path(pipeline.output_dir) / FIGURES_DIR / f"{name}.png"
-        if not target.is_file() or target.stat().st_mtime < state.stat().st_mtime:
-            if not plot_curves(name, row["recipe"], _history(state.parent), target):
-                continue
+        stale = not target.is_file() or target.stat().st_mtime < state.stat().st_mtime
+        if stale and not plot_curves(name, row["recipe"], _history(state.parent), target):
+            continue
         figures[name] = f"{FIGURES_DIR}/{name}.png"
     return figures
 
 
 def plot_curves(name: str, recipe: str, history: list[dict], target: Path) -> bool:
     """Draw the stage's training curves (one panel per quantity) into `target`; False when nothing was logged."""
-    panels = [(title, [k for k in keys if any(k in h for h in history)]) for title, keys in CURVES.get(recipe, [])]
+    spec = STAGES[recipe]
+    panels = [(title, [k for k in keys if any(k in h for h in history)]) for title, keys in spec.curves]
     panels = [(title, keys) for title, keys in panels if keys]
     if not panels:
         return False
@@ -272,7 +274,7 @@ def plot_curves(name: str, recipe: str, history: list[dict], target: Path) -> bo
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 2.8), squeeze=False)
-    x_label = "update" if recipe == "ppo" else "step"
+    x_label = spec.curve_x
     for ax, (title, keys) in zip(axes[0], panels):
         for key in keys:
             points = [(h.get("step", h.get("update")), h[key]) for h in history if key in h]
@@ -307,14 +309,15 @@ def _perplexity(row: dict) -> str | None:
     return f"{before:.0f} -> {row['perplexity_after']:.2f}" if before is not None else f"{row['perplexity_after']:.2f}"
 
 
-def columns(stages: Mapping[str, dict]) -> list[tuple[str, Callable[[dict], str | None]]]:
+def columns(report: Mapping) -> list[tuple[str, Callable[[dict], str | None]]]:
     """The table's columns that hold a value for at least one stage: (header, cell of a row)."""
-    judged = list(dict.fromkeys(k for r in stages.values() for k in r if k.startswith("gold_") or k in JUDGE_COLUMNS))
+    stages, headers = report["stages"], report.get("judge_columns") or {}
+    judged = list(dict.fromkeys(k for r in stages.values() for k in r.get("judged", ())))
     candidates = [
         ("from", lambda r: r.get("from")),
         ("perplexity", _perplexity),
         ("RM acc", lambda r: _number(r.get("eval_accuracy"))),
-        *((JUDGE_COLUMNS.get(k, k), lambda r, k=k: _number(r.get(k))) for k in judged),
+        *((headers.get(k, k), lambda r, k=k: _number(r.get(k))) for k in judged),
         ("RM score", lambda r: _number(r.get("rm_score"))),
         ("RM win", lambda r: _number(r.get("rm_win_rate_vs_previous"))),
         ("KL", lambda r: _number(r.get("kl_to_previous"))),
@@ -325,7 +328,7 @@ def columns(stages: Mapping[str, dict]) -> list[tuple[str, Callable[[dict], str 
 def format_table(report: Mapping) -> str:
     """The compact terminal table: a row per stage, one example answer per policy, the wall time."""
     stages = report["stages"]
-    cols = columns(stages)
+    cols = columns(report)
     cells = {name: [cell(row) or "" for _, cell in cols] for name, row in stages.items()}
     name_width = max([len("stage"), *map(len, stages)]) + 2
     widths = [max([len(h), *(len(c[i]) for c in cells.values())]) + 2 for i, (h, _) in enumerate(cols)]
@@ -354,7 +357,7 @@ def _md(text) -> str:
 def format_markdown(report: Mapping) -> str:
     """report.md: the table, example answers from every stage side by side, the training curves, the lineage."""
     stages = report["stages"]
-    cols = columns(stages)
+    cols = columns(report)
     evaluation = report.get("evaluation") or {}
     lines = [
         f"# Pipeline report: `{report['pipeline']}`",

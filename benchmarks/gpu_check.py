@@ -122,10 +122,9 @@ def train_blocks(base: Path, data: Path, out: Path, steps: int, quantized: bool,
 
 def ppo_updates(base: Path, prompts: Path, out: Path, updates: int):
     import torch
+    from datasets import load_dataset
     from peft import LoraConfig
     from transformers import AutoTokenizer
-
-    from datasets import load_dataset
     from trl import ModelConfig
 
     from alignkit import memory
@@ -189,7 +188,7 @@ def run_preset(preset: str, base: Path, data: Path, out: Path, steps: int, max_l
     import torch
     from peft import AutoPeftModelForCausalLM
 
-    from alignkit.pipeline import free_port
+    from alignkit.runner import free_port
 
     if preset.startswith("deepspeed") and importlib.util.find_spec("deepspeed") is None:
         raise RuntimeError("DeepSpeed is not installed (pip install deepspeed; on the GPU machine .whl/deepspeed/)")

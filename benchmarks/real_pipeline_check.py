@@ -90,7 +90,8 @@ def make_data(data_dir: Path, out: Path, seed: int = 0, long_rows: bool = False,
     DPO cuts the answers. `limit` caps the SFT and preference rows: tokenising thousands of long rows would take
     longer than the few steps trained on them.
     """
-    raw = [json.loads(line) for line in gzip.open(data_dir / "hh-rlhf-harmless-test" / "test.jsonl.gz", "rt", encoding="utf-8")]
+    with gzip.open(data_dir / "hh-rlhf-harmless-test" / "test.jsonl.gz", "rt", encoding="utf-8") as f:
+        raw = [json.loads(line) for line in f]
     pairs = [p for p in map(_pair, raw) if p is not None]
     random.Random(seed).shuffle(pairs)
     sft_pairs = plain = pairs
@@ -196,6 +197,7 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     from alignkit.pipeline import load_pipeline
+    from alignkit.runner import run_stage
 
     if not torch.cuda.is_available():
         torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1))))
@@ -226,7 +228,7 @@ def main(argv: list[str] | None = None) -> dict:
             torch.cuda.reset_peak_memory_stats()
         start = time.time()
         if actions[name] != "skip":
-            pipeline.run_stage(stage, actions[name])
+            run_stage(pipeline, stage, actions[name])
         record = json.loads((pipeline.stage_dir(name) / "alignkit_run.json").read_text())
         results[name] = {"seconds": round(time.time() - start, 1), "peak_memory_gib": _peak_memory_gib(),
                          **measured(name, record, pipeline.stage_dir(name), opts.steps)}
@@ -240,7 +242,7 @@ def main(argv: list[str] | None = None) -> dict:
     for name, row in results.items():
         print(f"{name:<8}{_line(row)}")
     if not opts.no_report:
-        from alignkit.pipeline import run_pipeline
+        from alignkit.runner import run_pipeline
 
         # Every stage is finished, so this run skips them all and only evaluates them and writes the report.
         report = run_pipeline(PIPELINE, output_dir=out / "run", overrides=sets)

@@ -10,7 +10,7 @@ TRL keeps a frozen copy of it as the reference. `loss_type` and `beta` pass thro
 
 from trl import DPOConfig, DPOTrainer, ModelConfig
 
-from alignkit import data, models, outputs
+from alignkit import data, models, outputs, training
 from alignkit.cli import run_recipe
 from alignkit.config import ScriptArguments
 
@@ -37,7 +37,7 @@ def main(script_args: ScriptArguments, training_args: DPOConfig, model_args: Mod
         peft_config=models.new_peft_config(model, model_args),
     )
     data.check_kept(len(dataset["train"]), len(trainer.train_dataset), "training pairs", training_args.max_length)
-    outputs.train_and_save(trainer, "dpo", script_args, training_args, model_args)
+    training.train_and_save(trainer, "dpo", script_args, training_args, model_args)
     return trainer
 
 

@@ -12,7 +12,7 @@ reference is the policy with its adapter disabled. Prompts come from a `prompt` 
 from transformers import set_seed
 from trl import ModelConfig, get_peft_config, get_quantization_config
 
-from alignkit import data, models, outputs
+from alignkit import data, models, outputs, training
 from alignkit.cli import run_recipe
 from alignkit.config import ScriptArguments
 from alignkit.ppo import PPOConfig, PPOTrainer, load_ppo_models
@@ -43,7 +43,7 @@ def main(script_args: ScriptArguments, training_args: PPOConfig, model_args: Mod
         training_args.reward_std = ppo_models.reward_stats["std"]
 
     trainer = PPOTrainer(training_args, ppo_models, tokenizer, dataset["train"])
-    outputs.train_and_save(trainer, "ppo", script_args, training_args, model_args)
+    training.train_and_save(trainer, "ppo", script_args, training_args, model_args)
     return trainer
 
 

@@ -8,7 +8,7 @@
 
 from trl import ModelConfig, SFTTrainer
 
-from alignkit import data, models, outputs
+from alignkit import data, models, outputs, training
 from alignkit.cli import run_recipe
 from alignkit.config import PretrainConfig, ScriptArguments
 
@@ -38,7 +38,7 @@ def main(script_args: ScriptArguments, training_args: PretrainConfig, model_args
         processing_class=tokenizer,
         peft_config=models.new_peft_config(model, model_args),
     )
-    outputs.train_and_save(trainer, "pretrain", script_args, training_args, model_args)
+    training.train_and_save(trainer, "pretrain", script_args, training_args, model_args)
     return trainer
 
 

@@ -11,7 +11,7 @@ normalise rewards later) and how often the model simply prefers the longer answe
 from transformers import set_seed
 from trl import ModelConfig, RewardConfig, RewardTrainer
 
-from alignkit import data, metrics, models, outputs
+from alignkit import data, metrics, models, outputs, training
 from alignkit.cli import run_recipe
 from alignkit.config import ScriptArguments
 
@@ -42,7 +42,7 @@ def main(script_args: ScriptArguments, training_args: RewardConfig, model_args: 
         peft_config=models.new_peft_config(model, model_args, reward=True),
     )
     data.check_kept(len(dataset["train"]), len(trainer.train_dataset), "training pairs", training_args.max_length)
-    outputs.train_and_save(
+    training.train_and_save(
         trainer, "reward", script_args, training_args, model_args,
         extra=lambda t: {"reward_stats": metrics.reward_stats(t)},
     )

@@ -9,7 +9,7 @@ Prompt/completion data trains on the completions only; conversations (`messages`
 from trl import ModelConfig, SFTConfig, SFTTrainer
 from trl.chat_template_utils import has_generation_markers
 
-from alignkit import data, models, outputs
+from alignkit import data, models, outputs, training
 from alignkit.cli import run_recipe
 from alignkit.config import ScriptArguments
 
@@ -41,7 +41,7 @@ def main(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mod
     )
     if not training_args.packing:
         data.check_kept(len(dataset["train"]), len(trainer.train_dataset), "training rows", training_args.max_length)
-    outputs.train_and_save(trainer, "sft", script_args, training_args, model_args)
+    training.train_and_save(trainer, "sft", script_args, training_args, model_args)
     return trainer
 
 

@@ -86,3 +86,24 @@ class GoldJudge:
             "gold_politeness": sum(v.polite for v in verdicts) / n,
             "gold_concision": sum(v.concise for v in verdicts) / n,
         }
+
+
+# Short table headers for the gold judge's rates (the report's columns).
+COLUMNS = {"gold_correctness": "correct", "gold_politeness": "polite", "gold_concision": "concise"}
+
+
+def gold_judge(world_seed: int = 0):
+    """
+    The demo world's gold judge as an evaluation judge plug-in (`evaluation.judge: alignkit.demo.judge:gold_judge`,
+    `alignkit eval --judge ...`) for rows with `entity` and `attribute` (the demo's held-out prompts).
+    """
+    from alignkit.demo.world import make_world
+
+    gold = GoldJudge(make_world(world_seed))
+
+    def judge(row: dict, answer: str) -> dict[str, bool]:
+        verdict = gold.judge(row["entity"], row["attribute"], answer)
+        return {"gold_correctness": verdict.correct, "gold_politeness": verdict.polite, "gold_concision": verdict.concise}
+
+    judge.columns = COLUMNS
+    return judge

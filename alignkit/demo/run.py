@@ -51,7 +51,7 @@ def setup(output_dir: Path) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from alignkit.pipeline import run_pipeline
+    from alignkit.runner import run_pipeline
 
     parser = argparse.ArgumentParser(prog="alignkit demo", description=__doc__.splitlines()[0])
     parser.add_argument("--output_dir", default=None, help="instead of outputs/demo")

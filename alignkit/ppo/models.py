@@ -30,7 +30,8 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 from transformers.integrations import is_deepspeed_zero3_enabled
 
 from alignkit.errors import ModelError
-from alignkit.models import _load_error, adapter_base, adapter_config
+from alignkit.models import adapter_base, adapter_config, load_error
+from alignkit.outputs import read_run
 
 POLICY, REF, REWARD, VALUE = "default", "ref", "reward", "value"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -87,8 +88,6 @@ def adapter_parameters(model: PeftModel, name: str) -> list[nn.Parameter]:
 
 def read_reward_stats(reward_path: str | Path | None) -> dict | None:
     """`{"mean": .., "std": ..}` that the reward stage recorded in its alignkit_run.json, if any."""
-    from alignkit.outputs import read_run  # not at the top: alignkit.config imports this package
-
     return (read_run(reward_path) or {}).get("reward_stats") if reward_path else None
 
 
@@ -250,7 +249,7 @@ def _load(auto_class, name: str, **kwargs) -> PreTrainedModel:
     try:
         return auto_class.from_pretrained(name, **kwargs)
     except (OSError, ValueError) as e:  # the message every loader gives (a missing folder, remote code, ...)
-        raise _load_error("Model", name, e) from None
+        raise load_error("Model", name, e) from None
 
 
 def _freeze(model: nn.Module) -> nn.Module:

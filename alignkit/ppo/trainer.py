@@ -34,6 +34,7 @@ from trl.trainer.utils import disable_dropout_in_model, entropy_from_logits, sel
 
 from alignkit.errors import AlignkitError, DataError, ModelError
 from alignkit.models import embedding_rows
+from alignkit.outputs import complete_checkpoints, no_checkpoint
 from alignkit.ppo import core
 from alignkit.ppo.config import PPOConfig
 from alignkit.ppo.models import PolicyAndValue, PPOModels, load_trained, save_trained
@@ -700,16 +701,12 @@ class PPOTrainer:
         limit = self.args.save_total_limit
         if not limit:
             return
-        from alignkit.outputs import complete_checkpoints  # here: alignkit.outputs -> config -> this package
-
         old = [p for p in complete_checkpoints(self.args.output_dir) if p != keep]
         for path in old[: max(0, len(old) - (limit - 1))]:
             shutil.rmtree(path)
 
     def _resume(self, checkpoint: str | bool) -> None:
         if checkpoint is True:
-            from alignkit.outputs import complete_checkpoints, no_checkpoint  # see _rotate_checkpoints
-
             found = complete_checkpoints(self.args.output_dir)
             if not found:
                 raise AlignkitError(no_checkpoint(self.args.output_dir))

@@ -287,7 +287,9 @@ def test_the_multi_gpu_preset_runs_cpu_processes_and_passes(tmp_path, capsys, mo
 PIPELINE_CASES = {
     "unknown-recipe": ({"recipe": "sfft"}, r"stage 'sft': unknown recipe 'sfft' \(did you mean 'sft'\?\)"),
     "uses-a-later-stage": ({"model": "dpo"}, r"stage 'sft': uses 'dpo' as its model, but 'dpo' runs later"),
-    "misspelt-arg": ({"args": {"learning_rat": 1e-4}}, r"stage 'sft': unknown key 'learning_rat' in args \(did you mean 'learning_rate'\?\)"),
+    "misspelt-arg": (
+        {"args": {"learning_rat": 1e-4}}, r"stage 'sft': unknown key 'learning_rat' in args \(did you mean 'learning_rate'\?\)"
+    ),
     "bad-data": ({"args": {"dataset_name": "MISSING"}}, r"stage 'sft': .*Data file or folder not found"),
 }
 

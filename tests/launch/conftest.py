@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from alignkit.pipeline import free_port
+from alignkit.runner import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 ACCELERATE = REPO / ".venv" / "bin" / "accelerate"

@@ -5,6 +5,7 @@ import math
 
 import pytest
 from conftest import FAST, REPO, write_jsonl  # tests/conftest.py
+
 from launch.conftest import RANK_DUMP, accelerate_launch, assert_ranks_agree, read_rank_dumps
 
 pytestmark = pytest.mark.launch

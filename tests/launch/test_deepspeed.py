@@ -55,6 +55,7 @@ def stages(tiny_base, sft_messages_file, world, tmp_path_factory):
 
 def launch(config_file, recipe: str, args: list, check: bool = True):
     from conftest import REPO
+
     from launch.conftest import accelerate_launch
 
     return accelerate_launch(str(REPO / "recipes" / f"{recipe}.py"), [*map(str, args), "--use_cpu", "false"],

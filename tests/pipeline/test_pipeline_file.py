@@ -12,7 +12,8 @@ from conftest import REPO
 
 from alignkit.errors import ConfigError
 from alignkit.outputs import complete_checkpoints
-from alignkit.pipeline import load_pipeline, run_pipeline
+from alignkit.pipeline import load_pipeline
+from alignkit.runner import run_pipeline
 
 DEMO = REPO / "recipes" / "demo"
 # The demo's pipeline, with absolute config paths so that a copy anywhere finds them.
@@ -94,7 +95,7 @@ def _set(path, value):
         (_set(("stages",), {}), None, "no stages", "Add `stages:`"),
         (_set(("stages", "dpo", "args"), {"dataset_name": "${setp.data}"}), None, "unknown variable ${setp.data}",
          "${setup.<key>}"),
-        (_set(("evaluation",), {"judge": "alignkit.evaluation:gold_judge"}), None, "evaluation has no prompts", "Add `prompts:"),
+        (_set(("evaluation",), {"judge": "alignkit.demo.judge:gold_judge"}), None, "evaluation has no prompts", "Add `prompts:"),
     ],
 )
 def test_a_bad_pipeline_fails_before_anything_runs_naming_file_stage_and_fix(tmp_path, edit, stage, problem, fix):

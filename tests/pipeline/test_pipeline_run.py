@@ -13,9 +13,10 @@ import yaml
 from conftest import FAST, REPO, write_jsonl
 
 from alignkit import report
-from alignkit.evaluation import evaluate_policy, gold_judge, load_prompts
+from alignkit.demo.judge import gold_judge
+from alignkit.evaluation import evaluate_policy, load_prompts
 from alignkit.outputs import complete_checkpoints
-from alignkit.pipeline import run_pipeline
+from alignkit.runner import run_pipeline
 
 # Every stage a few steps; fast settings as the recipe tests use them (strings, typed by the recipes' parser).
 QUICK = dict(zip((k[2:] for k in FAST[::2]), FAST[1::2]))
@@ -37,7 +38,7 @@ def tiny_pipeline(tiny_base, data) -> dict:
     return {
         "base_model": str(tiny_base),
         "output_dir": "unused",
-        "evaluation": {"prompts": str(data["heldout"]), "judge": "alignkit.evaluation:gold_judge", "max_new_tokens": 8},
+        "evaluation": {"prompts": str(data["heldout"]), "judge": "alignkit.demo.judge:gold_judge", "max_new_tokens": 8},
         "stages": {
             "pretrain": {"recipe": "pretrain", "model": "base", "args": {
                 **QUICK, "dataset_name": str(data["pretrain"]), "max_steps": 4, "max_length": 64, "eval_on_start": True,
@@ -127,7 +128,7 @@ def test_a_second_run_skips_every_stage_reuses_the_evaluation_and_prints_the_sam
     written = {n: (out / n / "alignkit_run.json").stat().st_mtime_ns for n in result["stages"]}
 
     def no_evaluation(*args, **kwargs):
-        raise AssertionError("a skipped stage was evaluated again")
+        raise AssertionError(f"a skipped stage was evaluated again: {args[0]}")
 
     monkeypatch.setattr(report, "evaluate", no_evaluation)
     capsys.readouterr()

@@ -18,8 +18,7 @@ from conftest import stored_bytes
 from peft import LoraConfig
 
 from alignkit.errors import AlignkitError, DataError
-from alignkit.ppo import PPOConfig, PPOStoppedError, PPOTrainer, load_ppo_models
-from alignkit.ppo import core
+from alignkit.ppo import PPOConfig, PPOStoppedError, PPOTrainer, core, load_ppo_models
 from alignkit.ppo.trainer import Rollout
 
 # --- fixtures: a briefly trained "SFT" model, reward models (full and LoRA) on it, chat prompts ----------------------
@@ -243,7 +242,9 @@ def test_lora_roles_compute_what_they_stand_for(sft_dir, rm_lora_dir, tokenizer)
     assert models.reward_stats == {"mean": 0.5, "std": 2.0}
 
 
-def test_an_sft_adapter_keeps_training_and_a_frozen_copy_is_the_reference(sft_adapter_dir, sft_dir, rm_lora_dir, tokenizer, prompts, tmp_path):
+def test_an_sft_adapter_keeps_training_and_a_frozen_copy_is_the_reference(
+    sft_adapter_dir, sft_dir, rm_lora_dir, tokenizer, prompts, tmp_path
+):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 

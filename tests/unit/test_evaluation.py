@@ -68,7 +68,7 @@ def lora_reward(tiny_base, tokenizer, tmp_path_factory):
     model = get_peft_model(model, LoraConfig(task_type="SEQ_CLS", r=4, target_modules=["q_proj", "v_proj"]))
     torch.manual_seed(4)
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.requires_grad:  # lora_A/B and the score head (modules_to_save)
                 p.add_(0.5 * torch.randn_like(p))
     model.save_pretrained(path)
@@ -201,6 +201,7 @@ def test_alignkit_eval_writes_the_report_and_prints_a_table(
     cli_main([
         "eval", "--policy", str(policy_dir), "--reference", str(reference_dir), "--reward_model", str(lora_reward[1]),
         "--prompts", str(prompts), "--max_new_tokens", "6", "--batch_size", "4", "--output_file", str(out),
+        "--judge", "alignkit.demo.judge:gold_judge",
     ])
     report = json.loads(out.read_text())
     assert report["kl_per_token"] > 0

@@ -16,7 +16,7 @@ from conftest import FAST, REPO, run_stage
 from huggingface_hub import HfApi, hf_api
 from huggingface_hub.errors import HfHubHTTPError
 
-from alignkit import cli, hub, outputs
+from alignkit import cli, export, hub, training
 from alignkit.config import CONFIG_FILE_NAME, STAGE_ARGS, parse_args
 from alignkit.errors import ModelError, OutputDirError
 
@@ -285,7 +285,7 @@ def test_a_merged_lora_adapter_gives_the_logits_of_base_plus_adapter(sft_lora, t
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    out = hub.merge(sft_lora, tmp_path / "merged")
+    out = export.merge(sft_lora, tmp_path / "merged")
     base = AutoModelForCausalLM.from_pretrained(tiny_base)
     plain = logits(base, BATCH)
     expected = logits(PeftModel.from_pretrained(base, sft_lora), BATCH)
@@ -297,7 +297,7 @@ def test_a_merged_lora_adapter_gives_the_logits_of_base_plus_adapter(sft_lora, t
     assert AutoTokenizer.from_pretrained(out).chat_template == AutoTokenizer.from_pretrained(sft_lora).chat_template
     # The merged folder is a finished run: pushable, and a later stage's lineage still finds the original base.
     assert json.loads((out / "alignkit_run.json").read_text())["merged_from"] == str(sft_lora)
-    assert outputs.lineage(str(out), None)["base_model"] == str(tiny_base)
+    assert training.lineage(str(out), None)["base_model"] == str(tiny_base)
     hub.push_output(out, "me/merged")
     assert online.commits[0]["files"] == sorted(FULL | TOKENIZER | CARD_AND_RECORD)
 
@@ -306,7 +306,7 @@ def test_a_merged_reward_adapter_keeps_its_trained_score_head(reward_lora, tiny_
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    out = hub.merge(reward_lora, tmp_path / "merged_rm")
+    out = export.merge(reward_lora, tmp_path / "merged_rm")
     base = AutoModelForSequenceClassification.from_pretrained(tiny_base, num_labels=1)
     expected = logits(PeftModel.from_pretrained(base, reward_lora), BATCH)
     merged = AutoModelForSequenceClassification.from_pretrained(out)
@@ -318,13 +318,13 @@ def test_a_merged_reward_adapter_keeps_its_trained_score_head(reward_lora, tiny_
 def test_merge_refuses_an_output_dir_holding_a_run_and_leaves_it_untouched(sft_lora, sft_full):
     before = {p: p.stat().st_mtime_ns for p in sft_full.rglob("*")}
     with pytest.raises(OutputDirError, match="already holds a finished run"):
-        hub.merge(sft_lora, sft_full)
+        export.merge(sft_lora, sft_full)
     assert {p: p.stat().st_mtime_ns for p in sft_full.rglob("*")} == before
 
 
 def test_merge_of_a_full_model_says_there_is_no_adapter(sft_full, tmp_path):
     with pytest.raises(ModelError, match="holds a full model, so there is no adapter to merge"):
-        hub.merge(sft_full, tmp_path / "merged")
+        export.merge(sft_full, tmp_path / "merged")
     assert not (tmp_path / "merged").exists()
 
 
@@ -351,7 +351,7 @@ def test_a_qlora_adapter_merges_into_the_full_precision_base(tiny_base, sft_mess
 
     run = tmp_path / "qlora"
     run_stage("sft", *stage_args(tiny_base, sft_messages_file, run, *LORA, "--load_in_4bit", "true"))
-    out = hub.merge(run, tmp_path / "merged")
+    out = export.merge(run, tmp_path / "merged")
     assert "trained on a 4-bit base; it is merged into the full-precision base" in capsys.readouterr().out
     merged = AutoModelForCausalLM.from_pretrained(out)
     assert all(p.dtype == torch.float32 for p in merged.parameters())
@@ -371,7 +371,7 @@ def test_an_adapter_on_a_base_stored_in_4_bit_is_merged_into_the_dequantised_bas
     config = json.loads((adapter / "adapter_config.json").read_text())
     (adapter / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": str(base4)}))
 
-    out = hub.merge(adapter, tmp_path / "merged")
+    out = export.merge(adapter, tmp_path / "merged")
     assert "stored quantised; it is dequantised to full precision before merging" in capsys.readouterr().out
     merged = AutoModelForCausalLM.from_pretrained(out)
     assert "quantization_config" not in json.loads((out / "config.json").read_text())
@@ -408,5 +408,5 @@ def test_adapters_on_a_hub_model_name_it_by_hub_id_through_later_stages(hub_cach
     run_stage("dpo", *stage_args(sft, preference_file, dpo, "--use_peft", "true"))
     assert json.loads((dpo / "adapter_config.json").read_text())["base_model_name_or_path"] == hub_cached_base
     assert json.loads((dpo / "alignkit_run.json").read_text())["lineage"]["base_model"] == hub_cached_base
-    merged = hub.merge(dpo, tmp_path / "merged")
+    merged = export.merge(dpo, tmp_path / "merged")
     assert (merged / "model.safetensors").is_file()

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from alignkit import outputs
 from alignkit.errors import OutputDirError
-from alignkit.outputs import TrainingStoppedError
+from alignkit.training import TrainingStoppedError
 
 
 def checkpoint(root, step, state="complete"):

@@ -4,15 +4,15 @@ import json
 
 import pytest
 
-from alignkit import preflight
+from alignkit import preflight, stages
 from alignkit.config import STAGE_ARGS, valid_keys
 from alignkit.errors import ConfigError, DataError
 
 
 @pytest.mark.parametrize("stage", sorted(STAGE_ARGS))
 def test_the_shipped_key_list_matches_the_installed_trl_and_transformers(stage):
-    # If this fails after an upgrade, run `python -m alignkit.preflight` to rewrite alignkit/config_keys.json.
-    assert preflight.known_keys(stage) == {k for k in valid_keys(STAGE_ARGS[stage]) if "-" not in k}
+    # If this fails after an upgrade, run `python -m alignkit.config` to rewrite alignkit/config_keys.json.
+    assert stages.known_keys(stage) == {k for k in valid_keys(STAGE_ARGS[stage]) if "-" not in k}
 
 
 def test_a_misspelt_key_fails_before_the_stack_is_needed(tmp_path):
@@ -28,8 +28,8 @@ def test_a_misspelt_key_fails_before_the_stack_is_needed(tmp_path):
 def test_key_lists_for_other_versions_are_not_trusted(tmp_path, monkeypatch):
     stale = tmp_path / "keys.json"
     stale.write_text(json.dumps({"versions": {"trl": "0.0.1", "transformers": "0.0.1"}, "stages": {"sft": []}}))
-    monkeypatch.setattr(preflight, "KEYS_FILE", stale)
-    assert preflight.known_keys("sft") is None
+    monkeypatch.setattr(stages, "KEYS_FILE", stale)
+    assert stages.known_keys("sft") is None
     preflight.check("sft", ["--anything_goes", "1"])  # left to the full parser, which knows the installed keys
 
 
