@@ -10,15 +10,20 @@ Formats, by stage (TRL's own column names):
                 ShareGPT `conversations` (`from`/`value`)
     preference  `chosen` + `rejected`, with an explicit `prompt` or an implicit one (shared by both answers)
     prompts     `prompt` (a string or a conversation) | `messages` (the turns before the last assistant turn)
+
+A conversation's turns go [system], user, assistant, user, ... with text contents; a preference pair whose chosen
+answer equals its rejected one is dropped (with a warning). CSV cells are read as text, exactly as written.
 """
 
 from __future__ import annotations
 
+import csv
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
-from datasets import Dataset, DatasetDict, load_dataset
+from datasets import Dataset, DatasetDict, Json, load_dataset
 from datasets.utils import logging as datasets_logging
 from transformers.utils import logging
 
@@ -37,6 +42,49 @@ def _data_files(path: Path) -> list[Path]:
     if path.is_file():
         return [path]
     return sorted(p for p in path.rglob("*") if p.suffix in BUILDERS and p.is_file())
+
+
+def _csv_rows(file: Path):
+    """(line number, cells) of each non-blank CSV row, the header first; blank lines are skipped, as pandas does."""
+    limit = csv.field_size_limit(sys.maxsize)  # the default (128 KiB) is shorter than a long document
+    try:
+        with open(file, encoding="utf-8-sig", newline="") as f:
+            reader, lineno = csv.reader(f), 1
+            for row in reader:
+                if row:
+                    yield lineno, row
+                lineno = reader.line_num + 1  # a quoted cell can span lines: the next row starts after this one
+    finally:
+        csv.field_size_limit(limit)
+
+
+def _csv_problem(file: Path) -> str | None:
+    """A row with more cells than the header: pandas fails on it with a parser trace, or, when every row has one
+    cell too many, silently takes the first column as an index and shifts the others under the wrong names."""
+    header = None
+    try:
+        for lineno, row in _csv_rows(file):
+            if header is None:
+                header = row
+            elif len(row) > len(header):
+                return (
+                    f"{file}, line {lineno}: {len(row)} cells, but the header has {len(header)} columns "
+                    f"({', '.join(header)}). Quote a cell that contains a comma (\"a, b\") or remove the extra cells."
+                )
+    except (csv.Error, UnicodeDecodeError):  # not this check's to judge: pandas reads the file and says what is wrong
+        return None
+    return None
+
+
+def _csv_columns(files: list[Path]) -> int:
+    """The most columns a CSV file's header has."""
+    widths = [0]
+    for file in files:
+        try:
+            widths.append(len(next(_csv_rows(file), (0, []))[1]))
+        except (csv.Error, UnicodeDecodeError):
+            pass
+    return max(widths)
 
 
 def _find_bad_line(files: list[Path]) -> str | None:
@@ -62,6 +110,8 @@ def _find_bad_line(files: list[Path]) -> str | None:
                 json.loads(file.read_text(encoding="utf-8"))
             except json.JSONDecodeError as e:
                 return f"{file}, line {e.lineno}: malformed JSON ({e.msg}). Fix the file."
+        if file.suffix == ".csv" and (problem := _csv_problem(file)):
+            return problem
     return None
 
 
@@ -76,16 +126,25 @@ def _load_local(path: Path, config_name: str | None) -> DatasetDict:
     files = _data_files(path)
     if not files:
         raise DataError(f"{path} holds no data files ({', '.join(BUILDERS)}).")
+    csv_files = [f for f in files if f.suffix == ".csv"]
+    csv_options = {}
+    if csv_files and len(csv_files) == len(files):
+        # A CSV row's cell count decides which column each value lands in: check it before pandas guesses.
+        if bad := _find_bad_line(csv_files):
+            raise DataError(bad)
+        # Every cell is text exactly as written: pandas would otherwise turn "007" into 7 and "3.50" into 3.5 (or a
+        # whole column into floats), and read "NA", "None" or "null" as missing values.
+        csv_options = {"converters": dict.fromkeys(range(_csv_columns(csv_files)), str), "na_filter": False}
     # `datasets` logs a parse failure with its full traceback before raising; the DataError below says it in a line.
     verbosity = datasets_logging.get_verbosity()
     datasets_logging.set_verbosity(datasets_logging.CRITICAL)
     try:
         if path.is_file():
-            ds = load_dataset(BUILDERS[path.suffix], data_files=str(path))
+            ds = load_dataset(BUILDERS[path.suffix], data_files=str(path), **csv_options)
             if path.suffix == ".txt":  # blank lines separate paragraphs in prose; they are not empty rows
                 ds = ds.filter(lambda row: bool(row["text"].strip()))
         else:
-            ds = load_dataset(str(path), name=config_name)
+            ds = load_dataset(str(path), name=config_name, **csv_options)
         # pyarrow's JSON reader keeps bytes that are not UTF-8, which then fail when a row is first read; check now
         for split in ds.values():
             split.data.validate(full=True)
@@ -141,17 +200,116 @@ def _describe(value: Any) -> str:
 def _check_messages(messages: Any, where: str, column: str, need_assistant: bool = True) -> None:
     if not isinstance(messages, list) or not messages:
         raise DataError(f"{where}: '{column}' must be a non-empty list of {{role, content}} turns, got {_describe(messages)}.")
-    for turn in messages:
+    for i, turn in enumerate(messages, start=1):
         if not isinstance(turn, dict) or "role" not in turn or "content" not in turn:
             raise DataError(f"{where}: each turn in '{column}' needs 'role' and 'content' keys, got {_describe(turn)}.")
         if turn["role"] not in ROLES:
             raise DataError(f"{where}: unknown role '{turn['role']}' in '{column}'; use one of {sorted(ROLES)}.")
+        if not isinstance(turn["content"], str):  # a chat template fails on a null content, or writes it as "None"
+            raise DataError(
+                f"{where}: turn {i} of '{column}' has content {_describe(turn['content'])}; a turn's content must be text. "
+                "Fill it in or remove the row."
+            )
     if need_assistant and not any(t["role"] == "assistant" for t in messages):
         raise DataError(f"{where}: '{column}' has no assistant turn, so there is nothing to learn from it.")
 
 
+def _check_order(parts: list[tuple[str, list[dict]]], where: str) -> None:
+    """The turns of `parts` (one column's, or a prompt's followed by its answer's) go [system], user, assistant,
+    user, ...: chat templates and the loss mask assume it, and most templates do not check it themselves."""
+    previous = None
+    for column, turns in parts:
+        for i, turn in enumerate(turns, start=1):
+            role, at = turn["role"], f"turn {i} of '{column}'"
+            if role == "system" and previous is not None:
+                raise DataError(
+                    f"{where}: {at} is a system message; only the first turn may be one. "
+                    "Move it to the start or into a user turn."
+                )
+            if role == "assistant" and previous in (None, "system"):
+                raise DataError(
+                    f"{where}: {at} is an assistant turn before any user turn; a conversation starts with a user turn "
+                    "(after an optional system message). Add the user's turn or remove the row."
+                )
+            if role == previous:
+                raise DataError(
+                    f"{where}: {at} is a second {role} turn in a row; turns must alternate user/assistant "
+                    "(after an optional system message). Merge the two turns or remove the row."
+                )
+            previous = role
+
+
+def _holds_json(feature: Any) -> bool:
+    if isinstance(feature, Json):
+        return True
+    if isinstance(feature, dict):
+        return any(_holds_json(f) for f in feature.values())
+    inner = getattr(feature, "feature", None)  # a List's items
+    return inner is not None and _holds_json(inner)
+
+
+def _kinds(value: Any, path: str = ""):
+    """(path, kind, value) of `value` and of everything in it; a list's items share one path. Nulls fit any kind."""
+    if value is None:
+        return
+    if isinstance(value, dict):
+        yield path, "an object", value
+        for key, item in value.items():
+            yield from _kinds(item, f"{path}.{key}")
+    elif isinstance(value, list):
+        yield path, "a list", value
+        for item in value:
+            yield from _kinds(item, f"{path}[]")
+    else:
+        yield path, {str: "text", bool: "true/false"}.get(type(value), "a number"), value
+
+
+def _mixed_types(dataset: Dataset, source: str, column: str) -> str | None:
+    """`datasets` keeps a JSON column whose rows hold different kinds of value (text here, a number there) as JSON
+    text and parses every cell back, so text that reads as JSON comes back changed ("007" as 7, "true" as True) and
+    the row checks would blame the wrong row. Name the row whose kind differs from most rows' or, where a column may
+    hold text or turns (a `prompt`), the row whose text was changed."""
+    path = Path(source)
+    try:
+        if path.suffix == ".jsonl" and path.is_file():
+            with open(path, encoding="utf-8") as f:
+                rows = [(f"line {n}", json.loads(line)) for n, line in enumerate(f, start=1) if line.strip()]
+        elif path.suffix == ".json" and path.is_file():
+            rows = [(f"row {n}", row) for n, row in enumerate(json.loads(path.read_text(encoding="utf-8")), start=1)]
+        else:
+            return None
+        cells = [(at, row.get(column), list(_kinds(row.get(column)))) for at, row in rows]
+    except (OSError, ValueError, TypeError, AttributeError):  # not a list of objects: not this check's to judge
+        return None
+    counts: dict[str, dict[str, int]] = {}
+    for _, _, kinds in cells:
+        for where, kind in {(where, kind) for where, kind, _ in kinds}:
+            counts.setdefault(where, {}).setdefault(kind, 0)
+            counts[where][kind] += 1
+    text_or_turns = counts.get("", {}).keys() <= {"text", "a list"}  # a cell that is text in some rows, turns in others
+    usual = {where: max(n, key=n.get) for where, n in counts.items() if len(n) > 1 and not (where == "" and text_or_turns)}
+    for at, _, kinds in cells:
+        for where, kind, value in kinds:
+            if where in usual and kind != usual[where]:
+                return (
+                    f"{path}, {at}: '{column}{where}' is {kind} ({_describe(value)}) where most rows have {usual[where]}; "
+                    f"a column cannot mix them (`datasets` would read text like \"42\" back as 42). Write it as {usual[where]}."
+                )
+    if len(cells) == len(dataset):
+        for (at, written, _), read in zip(cells, dataset[column]):
+            if isinstance(written, str) and read != written:
+                return (
+                    f"{path}, {at}: '{column}' is the text {_describe(written)}, which `datasets` reads back as {_describe(read)} "
+                    f"because other rows hold turns in '{column}'. Write every '{column}' as turns, or every one as text."
+                )
+    return None
+
+
 def _check_rows(dataset: Dataset, columns: list[str], source: str, check_row=None) -> None:
     """Every required cell is present and non-empty; `check_row` validates one row's structure."""
+    for column in columns:
+        if _holds_json(dataset.features.get(column)) and (problem := _mixed_types(dataset, source, column)):
+            raise DataError(problem)
     for start in range(0, len(dataset), 1000):
         batch = dataset.select_columns(columns)[start : start + 1000]
         for offset in range(len(batch[columns[0]])):
@@ -168,6 +326,11 @@ def _conversational(value: Any) -> bool:
     return isinstance(value, list) and bool(value) and isinstance(value[0], dict)
 
 
+def _check_conversation(row, where):
+    _check_messages(row["messages"], where, "messages")
+    _check_order([("messages", row["messages"])], where)
+
+
 def _check_prompt_completion(row, where):
     for column in ("prompt", "completion"):
         if _conversational(row[column]):
@@ -176,23 +339,68 @@ def _check_prompt_completion(row, where):
             raise DataError(f"{where}: '{column}' must be text or a list of turns, got {_describe(row[column])}.")
     if _conversational(row["prompt"]) != _conversational(row["completion"]):
         raise DataError(f"{where}: 'prompt' and 'completion' must both be text or both be lists of turns.")
+    if _conversational(row["prompt"]):
+        _check_order([("prompt", row["prompt"]), ("completion", row["completion"])], where)
 
 
 def _check_preference(row, where):
-    for column in ("chosen", "rejected"):
+    columns = [c for c in ("prompt", "chosen", "rejected") if c in row]
+    for column in columns:
         if _conversational(row[column]):
-            _check_messages(row[column], where, column, need_assistant=True)
+            _check_messages(row[column], where, column, need_assistant=column != "prompt")
         elif not isinstance(row[column], str):
             raise DataError(f"{where}: '{column}' must be text or a list of turns, got {_describe(row[column])}.")
-    if "prompt" in row and _conversational(row["prompt"]):
-        _check_messages(row["prompt"], where, "prompt", need_assistant=False)
+    if len({_conversational(row[c]) for c in columns}) > 1:
+        raise DataError(f"{where}: {', '.join(repr(c) for c in columns)} must all be text or all be lists of turns.")
+    if not _conversational(row["chosen"]):
+        return
+    prompt = [("prompt", row["prompt"])] if "prompt" in row else []
+    for column in ("chosen", "rejected"):
+        _check_order([*prompt, (column, row[column])], where)
 
 
 def _check_prompt(row, where):
     if _conversational(row["prompt"]):
         _check_messages(row["prompt"], where, "prompt", need_assistant=False)
+        _check_order([("prompt", row["prompt"])], where)
+        if (last := row["prompt"][-1]["role"]) != "user":
+            raise DataError(
+                f"{where}: 'prompt' ends with a{'n' * (last == 'assistant')} {last} turn; a prompt ends with the user turn "
+                "the model is to answer. Remove the turns after it."
+            )
     elif not isinstance(row["prompt"], str):
         raise DataError(f"{where}: 'prompt' must be text or a list of turns, got {_describe(row['prompt'])}.")
+
+
+def _check_prompt_messages(row, where):
+    """A conversation whose turns before its last assistant turn are the prompt (`prompts` stage)."""
+    _check_messages(row["messages"], where, "messages", need_assistant=False)
+    _check_order([("messages", row["messages"])], where)
+    if not any(t["role"] == "user" for t in row["messages"]):
+        raise DataError(f"{where}: 'messages' has no user turn, so it holds no prompt to answer. Add one or remove the row.")
+
+
+def _drop_identical_pairs(dataset: Dataset, source: str) -> Dataset:
+    """A pair whose chosen answer is its rejected answer teaches nothing (zero margin, zero DPO gradient): drop
+    such pairs saying how many, and refuse a data set made only of them (most likely a column copied twice)."""
+    same, pairs = [], dataset.select_columns(["chosen", "rejected"])
+    for start in range(0, len(dataset), 1000):
+        batch = pairs[start : start + 1000]
+        same += [start + i for i, (c, r) in enumerate(zip(batch["chosen"], batch["rejected"])) if c == r]
+    if not same:
+        return dataset
+    if len(same) == len(dataset):
+        raise DataError(
+            f"{source}: 'chosen' is identical to 'rejected' in all {len(dataset)} pairs, so there is no preference to "
+            "learn. Put the preferred answer in 'chosen' and a worse one in 'rejected'."
+        )
+    rows = ", ".join(str(i + 1) for i in same[:5]) + (", ..." if len(same) > 5 else "")
+    logger.warning(
+        f"{source}: {len(same)} of {len(dataset)} pairs have 'chosen' identical to 'rejected' "
+        f"(row{'s' * (len(same) > 1)} {rows}) and were dropped; they teach nothing."
+    )
+    drop = set(same)
+    return dataset.select([i for i in range(len(dataset)) if i not in drop])
 
 
 def _prompt_turns(messages: list[dict]) -> list[dict]:
@@ -216,6 +424,16 @@ def _from_sharegpt(row):
         role = SHAREGPT_ROLES.get(turn.get("from"))
         turns.append({"role": role or turn.get("from"), "content": turn.get("value")})
     return {"messages": turns}
+
+
+def _check_convertible(row, where):
+    """The columns a conversion reads: text, or (ShareGPT) a list of {from, value} turns."""
+    for column, value in row.items():
+        if column == "conversations":
+            if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
+                raise DataError(f"{where}: 'conversations' must be a list of {{from, value}} turns, got {_describe(value)}.")
+        elif not isinstance(value, str):
+            raise DataError(f"{where}: '{column}' must be text, got {_describe(value)}.")
 
 
 # (columns present) -> (converter, columns it produces); tried in order after the native formats.
@@ -269,20 +487,20 @@ def prepare(dataset: Dataset, stage: str, source: str, text_field: str = "text")
 
     for needed, convert, produced in SFT_CONVERSIONS if stage == "sft" else []:
         if fmt == "+".join(sorted(needed)):
-            _check_rows(dataset, sorted(needed), source)
+            _check_rows(dataset, sorted(needed), source, _check_convertible)
             dataset = dataset.map(convert, remove_columns=dataset.column_names)
             fmt = "messages" if produced == ["messages"] else "prompt_completion"
             break
 
     if stage == "prompts":  # a `prompt`, or the turns of `messages` before its last assistant turn
         if fmt == "messages":
-            _check_rows(dataset, ["messages"], source, lambda row, where: _check_messages(row["messages"], where, "messages", False))
+            _check_rows(dataset, ["messages"], source, _check_prompt_messages)
             dataset = dataset.map(lambda row: {"prompt": _prompt_turns(row["messages"])}, remove_columns=dataset.column_names)
         columns, check = ["prompt"], _check_prompt
     elif fmt == "text":
         columns, check = [text_field], None
     elif fmt == "messages":
-        columns, check = ["messages"], lambda row, where: _check_messages(row["messages"], where, "messages")
+        columns, check = ["messages"], _check_conversation
     elif fmt == "prompt_completion":
         columns, check = ["prompt", "completion"], _check_prompt_completion
     else:  # preference
@@ -291,6 +509,8 @@ def prepare(dataset: Dataset, stage: str, source: str, text_field: str = "text")
     _check_rows(dataset, columns, source, check)
     if set(dataset.column_names) != set(columns):
         dataset = dataset.select_columns(columns)
+    if fmt == "preference":
+        dataset = _drop_identical_pairs(dataset, source)
     return dataset, fmt
 
 

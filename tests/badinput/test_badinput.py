@@ -103,6 +103,37 @@ CASES = [
          data=_jsonl("d.jsonl", [{"prompt": "a", "chosen": "b", "rejected": "c"}, {"prompt": "a", "chosen": "b", "rejected": ""}])),
     Case("no-assistant-turn", "sft", r"d\.jsonl, row 1: 'messages' has no assistant turn",
          data=_jsonl("d.jsonl", [{"messages": CHAT[:1]}] * 2)),
+    # conversations: [system], user, assistant, user, ... with text contents
+    Case("assistant-speaks-first", "sft", r"d\.jsonl, row 2: turn 1 of 'messages' is an assistant turn before any user turn",
+         data=_jsonl("d.jsonl", [{"messages": CHAT}, {"messages": CHAT[::-1]}])),
+    Case("two-user-turns-in-a-row", "sft", r"d\.jsonl, row 1: turn 2 of 'messages' is a second user turn in a row; "
+         r"turns must alternate user/assistant", data=_jsonl("d.jsonl", [{"messages": [CHAT[0], *CHAT]}] * 2)),
+    Case("system-message-not-first", "sft", r"d\.jsonl, row 1: turn 2 of 'messages' is a system message; only the first",
+         data=_jsonl("d.jsonl", [{"messages": [CHAT[0], {"role": "system", "content": "Be brief."}, CHAT[1]]}])),
+    Case("null-content", "sft", r"d\.jsonl, row 2: turn 2 of 'messages' has content None; a turn's content must be text",
+         data=_jsonl("d.jsonl", [{"messages": CHAT}, {"messages": [CHAT[0], {"role": "assistant", "content": None}]}])),
+    Case("number-content", "sft", r"d\.jsonl, line 2: 'messages\[\]\.content' is a number \(42\) where most rows have text",
+         data=_jsonl("d.jsonl", [{"messages": CHAT}, {"messages": [CHAT[0], {"role": "assistant", "content": 42}]}])),
+    Case("sharegpt-null-value", "sft", r"d\.jsonl, row 1: turn 2 of 'messages' has content None",
+         data=_jsonl("d.jsonl", [{"conversations": [{"from": "human", "value": "Hi?"}, {"from": "gpt", "value": None}]}])),
+    Case("dpo-answer-repeats-the-users-turn", "dpo", r"d\.jsonl, row 1: turn 1 of 'rejected' is a second user turn in a row",
+         data=_jsonl("d.jsonl", [{"prompt": CHAT[:1], "chosen": CHAT[1:], "rejected": CHAT}] * 2)),
+    Case("reward-prompt-starts-with-assistant", "reward", r"row 1: turn 1 of 'prompt' is an assistant turn before any user turn",
+         data=_jsonl("d.jsonl", [{"prompt": CHAT[1:], "chosen": CHAT[1:], "rejected": CHAT[1:]}] * 2)),
+    Case("ppo-prompt-ends-with-assistant", "ppo", r"d\.jsonl, row 1: 'prompt' ends with an assistant turn; a prompt ends with "
+         r"the user turn", data=_jsonl("d.jsonl", [{"prompt": CHAT}] * 2)),
+    Case("ppo-messages-assistant-first", "ppo", r"d\.jsonl, row 1: turn 1 of 'messages' is an assistant turn before any user",
+         data=_jsonl("d.jsonl", [{"messages": CHAT[::-1]}] * 2)),
+    # preference pairs
+    Case("every-pair-chosen-equals-rejected", "dpo", r"d\.jsonl: 'chosen' is identical to 'rejected' in all 3 pairs",
+         data=_jsonl("d.jsonl", [{"prompt": "2+2?", "chosen": "4", "rejected": "4"}] * 3)),
+    Case("text-prompt-with-turn-answers", "reward", r"row 1: 'prompt', 'chosen', 'rejected' must all be text or all be lists",
+         data=_jsonl("d.jsonl", [{"prompt": "2+2?", "chosen": CHAT[1:], "rejected": CHAT[1:]}] * 2)),
+    # CSV rows with more cells than the header
+    Case("csv-row-with-an-extra-cell", "sft", r"d\.csv, line 3: 3 cells, but the header has 2 columns \(prompt, completion\)\. "
+         r"Quote a cell that contains a comma", data=_file("d.csv", "prompt,completion\n2+2?,4\n3+3?,6,six\n")),
+    Case("csv-every-row-one-cell-too-many", "sft", r"d\.csv, line 2: 3 cells, but the header has 2 columns",
+         data=_file("d.csv", "prompt,completion\nWhat is 2+2?,Four, I think.\nWhat is 3+3?,Six, I think.\n")),
     Case("data-file-missing", "sft", r"Data file or folder not found: .*nowhere\.jsonl", {"dataset_name": "/nonexistent/nowhere.jsonl"}),
     Case("unsupported-file-type", "sft", r"unsupported file type '\.xml'", data=_file("d.xml", "<a/>")),
     Case("all-rows-longer-than-max-length", "sft", r"All \d+ training rows are longer than max_length=2 and would be dropped",

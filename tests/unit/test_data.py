@@ -419,3 +419,258 @@ def test_the_default_eval_split_holds_out_at_least_one_row(tmp_path):
     # 5% of 4 rows rounds to 0; one row is still held out so evaluation has something to score.
     splits = load_data(ScriptArguments(dataset_name=str(write_jsonl(tmp_path / "d.jsonl", TEXTS[:4]))), "pretrain")
     assert (len(splits["train"]), len(splits["test"])) == (3, 1)
+
+
+# ------------------------------------------------------------------------------- conversation turn order
+def system(text):
+    return {"role": "system", "content": text}
+
+
+@pytest.mark.parametrize(
+    "turns",
+    [
+        [system("Be brief."), user("2+2?"), assistant("4."), user("And 3+3?"), assistant("6.")],
+        [user("2+2?"), assistant("4."), user("Thanks.")],  # a last user turn is allowed: it is not trained on
+    ],
+    ids=["system-then-alternating", "ends-with-user"],
+)
+def test_alternating_conversations_with_an_optional_leading_system_message_load(tmp_path, turns):
+    path = write_jsonl(tmp_path / "chat.jsonl", [{"messages": turns}])
+    assert load(path, "sft")["train"][0]["messages"] == turns
+
+
+@pytest.mark.parametrize(
+    "turns, problem",
+    [
+        ([assistant("Hello!"), user("2+2?"), assistant("4.")], "turn 1 of 'messages' is an assistant turn before any user turn"),
+        ([system("Be brief."), assistant("4.")], "turn 2 of 'messages' is an assistant turn before any user turn"),
+        ([user("2+2?"), user("Well?"), assistant("4.")], "turn 2 of 'messages' is a second user turn in a row"),
+        ([user("2+2?"), assistant("4."), assistant("Sure.")], "turn 3 of 'messages' is a second assistant turn in a row"),
+        ([user("2+2?"), system("Be brief."), assistant("4.")], "turn 2 of 'messages' is a system message; only the first"),
+        ([system("a"), system("b"), user("2+2?"), assistant("4.")], "turn 2 of 'messages' is a system message"),
+    ],
+    ids=["assistant-first", "assistant-after-system", "user-user", "assistant-assistant", "system-in-the-middle", "two-systems"],
+)
+def test_sft_messages_whose_turns_do_not_alternate_are_rejected_with_their_row_and_turn(tmp_path, turns, problem):
+    path = write_jsonl(tmp_path / "chat.jsonl", [{"messages": CHAT}, {"messages": turns}])
+    message = load_error(path, "sft")
+    assert f"{path}, row 2: {problem}" in message
+    assert "alternate" in message or "first turn" in message or "starts with a user turn" in message
+
+
+def test_a_turn_whose_content_is_null_is_rejected_with_its_row_and_turn(tmp_path):
+    path = write_jsonl(tmp_path / "chat.jsonl", [{"messages": CHAT}, {"messages": [user("2+2?"), {"role": "assistant", "content": None}]}])
+    message = load_error(path, "sft")
+    assert message == (
+        f"{path}, row 2: turn 2 of 'messages' has content None; a turn's content must be text. Fill it in or remove the row."
+    )
+
+
+@pytest.mark.parametrize("content", [42, [{"type": "text", "text": "4."}]], ids=["number", "list"])
+def test_a_turn_whose_content_is_not_text_is_rejected_with_its_row_and_turn(content):
+    # (one kind of content in every turn, as in a Parquet file or a Hub data set: no mixing for `datasets` to resolve)
+    dataset = Dataset.from_list([{"messages": [{"role": "user", "content": content}, {"role": "assistant", "content": content}]}])
+    with pytest.raises(DataError) as excinfo:
+        prepare(dataset, "sft", "my-data")
+    assert str(excinfo.value).startswith(f"my-data, row 1: turn 1 of 'messages' has content {content!r}; a turn's content must be text")
+
+
+@pytest.mark.parametrize(
+    "rows, expected",
+    [
+        # datasets would parse the other rows' "4." back as 4.0 and blame row 1
+        ([{"messages": CHAT}, {"messages": [user("6*7?"), assistant(42)]}], "line 2: 'messages[].content' is a number (42)"),
+        ([{"prompt": "a", "completion": "007"}, {"prompt": "b", "completion": "42"}, {"prompt": "c", "completion": 7}],
+         "line 3: 'completion' is a number (7)"),
+        ([{"prompt": "a", "completion": True}, {"prompt": "b", "completion": "true"}, {"prompt": "c", "completion": "x"}],
+         "line 1: 'completion' is true/false (True)"),
+    ],
+    ids=["number-content", "number-completion", "bool-completion"],
+)
+def test_a_json_column_mixing_text_and_other_values_names_the_odd_line_instead_of_changing_the_text(tmp_path, rows, expected):
+    path = write_jsonl(tmp_path / "d.jsonl", rows)
+    message = load_error(path, "sft")
+    assert message.startswith(f"{path}, {expected} where most rows have text")
+    assert "Write it as text." in message
+
+
+def test_a_prompt_that_is_text_among_prompts_that_are_turns_is_refused_if_datasets_would_change_it(tmp_path):
+    path = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": "Tell a joke."}, {"prompt": [user("2+2?")]}, {"prompt": "42"}])
+    message = load_error(path, "prompts")
+    assert message.startswith(f"{path}, line 3: 'prompt' is the text '42', which `datasets` reads back as 42")
+
+
+def test_an_unused_json_column_may_mix_kinds_of_value(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"text": "a", "meta": {"x": 1}}, {"text": "b", "meta": "s"}])
+    assert load(path, "pretrain")["train"]["text"] == ["a", "b"]
+
+
+def test_conversational_prompt_and_completion_are_checked_as_one_conversation(tmp_path):
+    path = write_jsonl(tmp_path / "pc.jsonl", [{"prompt": [user("2+2?")], "completion": [user("Well?"), assistant("4.")]}])
+    message = load_error(path, "sft")
+    assert f"{path}, row 1: turn 1 of 'completion' is a second user turn in a row" in message
+    path = write_jsonl(tmp_path / "pc.jsonl", [{"prompt": [system("Be brief.")], "completion": [assistant("4.")]}])
+    assert "turn 1 of 'completion' is an assistant turn before any user turn" in load_error(path, "sft")
+
+
+@pytest.mark.parametrize(
+    "row, problem",
+    [
+        ({"prompt": [user("2+2?")], "chosen": [assistant("4")], "rejected": [user("2+2?"), assistant("5")]},
+         "turn 1 of 'rejected' is a second user turn in a row"),
+        ({"prompt": [assistant("Hi."), user("2+2?")], "chosen": [assistant("4")], "rejected": [assistant("5")]},
+         "turn 1 of 'prompt' is an assistant turn before any user turn"),
+        ({"chosen": [user("2+2?"), assistant("4")], "rejected": [assistant("5")]},
+         "turn 1 of 'rejected' is an assistant turn before any user turn"),
+        ({"prompt": [user("2+2?")], "chosen": [assistant("4")], "rejected": [{"role": "assistant", "content": None}]},
+         "turn 1 of 'rejected' has content None"),
+        ({"prompt": "2+2?", "chosen": [assistant("4")], "rejected": [assistant("5")]},
+         "'prompt', 'chosen', 'rejected' must all be text or all be lists of turns"),
+    ],
+    ids=["rejected-repeats-user", "prompt-starts-with-assistant", "implicit-prompt-missing", "null-content", "text-prompt"],
+)
+def test_conversational_preference_pairs_must_alternate_from_prompt_into_each_answer(tmp_path, row, problem):
+    good = {"prompt": [user("2+2?")], "chosen": [assistant("4")], "rejected": [assistant("5")]}
+    if "prompt" not in row:
+        good = {"chosen": [user("2+2?"), assistant("4")], "rejected": [user("2+2?"), assistant("5")]}
+    path = write_jsonl(tmp_path / "pref.jsonl", [good, row])
+    message = load_error(path, "preference")
+    assert f"{path}, row 2: {problem}" in message
+
+
+@pytest.mark.parametrize(
+    "row, problem",
+    [
+        ({"prompt": [user("2+2?"), assistant("4.")]}, "'prompt' ends with an assistant turn; a prompt ends with the user turn"),
+        ({"prompt": [system("Be brief.")]}, "'prompt' ends with a system turn"),
+        ({"prompt": [user("2+2?"), user("Well?")]}, "turn 2 of 'prompt' is a second user turn in a row"),
+        ({"messages": [assistant("Hi."), user("2+2?"), assistant("4.")]}, "turn 1 of 'messages' is an assistant turn before any"),
+        ({"messages": [system("Be brief.")]}, "'messages' has no user turn"),
+        ({"messages": [user("2+2?"), {"role": "assistant", "content": None}]}, "turn 2 of 'messages' has content None"),
+    ],
+    ids=["prompt-ends-with-assistant", "prompt-only-system", "prompt-user-user", "messages-assistant-first",
+         "messages-no-user", "messages-null-content"],
+)
+def test_prompt_conversations_alternate_and_end_with_the_turn_to_answer(tmp_path, row, problem):
+    good = {"prompt": [user("3+3?")]} if "prompt" in row else {"messages": [user("3+3?"), assistant("6.")]}
+    path = write_jsonl(tmp_path / "prompts.jsonl", [good, row])
+    message = load_error(path, "prompts")
+    assert f"{path}, row 2: {problem}" in message
+
+
+def test_prompts_from_alternating_messages_are_the_turns_before_the_last_answer(tmp_path):
+    turns = [system("Be brief."), user("2+2?"), assistant("4."), user("3+3?"), assistant("6.")]
+    path = write_jsonl(tmp_path / "prompts.jsonl", [{"messages": turns}])
+    assert load(path, "prompts")["train"][0]["prompt"] == turns[:4]
+
+
+@pytest.mark.parametrize(
+    "row, problem",
+    [
+        ({"question": "6*7?", "answer": 42}, "'answer' must be text, got 42"),
+        ({"instruction": "Say hi.", "output": None}, "column 'output' is empty"),
+        ({"conversations": "human: hi"}, "'conversations' must be a list of {from, value} turns"),
+    ],
+    ids=["number-answer", "null-output", "sharegpt-string"],
+)
+def test_columns_a_conversion_reads_must_be_text(tmp_path, row, problem):
+    path = write_jsonl(tmp_path / "d.jsonl", [row])
+    assert f"{path}, row 1: {problem}" in load_error(path, "sft")
+
+
+# --------------------------------------------------------------------------- chosen identical to rejected
+def test_pairs_whose_chosen_equals_rejected_are_dropped_and_counted(tmp_path, caplog):
+    rows = [{"prompt": f"{i}+{i}?", "chosen": str(2 * i), "rejected": str(2 * i + 1)} for i in range(6)]
+    rows[1]["rejected"] = rows[1]["chosen"]
+    rows[4]["rejected"] = rows[4]["chosen"]
+    path = write_jsonl(tmp_path / "pref.jsonl", rows)
+    with caplog.at_level("WARNING", logger="alignkit.data"):
+        train = load(path, "preference")["train"]
+    assert train["prompt"] == ["0+0?", "2+2?", "3+3?", "5+5?"]
+    assert f"{path}: 2 of 6 pairs have 'chosen' identical to 'rejected' (rows 2, 5) and were dropped" in caplog.text
+
+
+def test_conversational_pairs_with_identical_answers_are_dropped_too(tmp_path, caplog):
+    same = {"chosen": [user("2+2?"), assistant("4")], "rejected": [user("2+2?"), assistant("4")]}
+    differ = {"chosen": [user("2+2?"), assistant("4")], "rejected": [user("2+2?"), assistant("5")]}
+    path = write_jsonl(tmp_path / "pref.jsonl", [differ, same, differ])
+    with caplog.at_level("WARNING", logger="alignkit.data"):
+        assert len(load(path, "preference")["train"]) == 2
+    assert "1 of 3 pairs have 'chosen' identical to 'rejected' (row 2)" in caplog.text
+
+
+def test_pairs_that_differ_are_kept_without_a_warning(tmp_path, caplog):
+    path = write_jsonl(tmp_path / "pref.jsonl", [{"prompt": "2+2?", "chosen": "4", "rejected": " 4"}])  # whitespace differs
+    with caplog.at_level("WARNING", logger="alignkit.data"):
+        assert len(load(path, "preference")["train"]) == 1
+    assert "identical" not in caplog.text
+
+
+def test_a_data_set_where_every_pair_has_chosen_equal_to_rejected_is_refused(tmp_path):
+    path = write_jsonl(tmp_path / "pref.jsonl", [{"prompt": "2+2?", "chosen": "4", "rejected": "4"}] * 4)
+    message = load_error(path, "preference")
+    assert message.startswith(f"{path}: 'chosen' is identical to 'rejected' in all 4 pairs")
+    assert "Put the preferred answer in 'chosen'" in message
+
+
+def test_identical_pairs_are_dropped_before_the_eval_split_is_made(tmp_path):
+    rows = [{"prompt": f"{i}?", "chosen": "a", "rejected": "b" if i % 2 else "a"} for i in range(10)]
+    splits = load(write_jsonl(tmp_path / "pref.jsonl", rows), "preference", eval_split_size=2)
+    assert (len(splits["train"]), len(splits["test"])) == (3, 2)
+    assert all(c != r for split in splits.values() for c, r in zip(split["chosen"], split["rejected"]))
+
+
+# ------------------------------------------------------------------------------------------ CSV cells
+def test_csv_cells_that_look_like_numbers_or_missing_values_stay_text_exactly_as_written(tmp_path):
+    path = tmp_path / "pc.csv"
+    completions = ["42", "3.50", "007", "1e3", "-0", "1,000", "NA", "None", "null", "true", " 12 "]
+    lines = ["prompt,completion", *(f'q{i},"{c}"' for i, c in enumerate(completions))]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    train = load(path, "sft")["train"]
+    assert train["completion"] == completions
+    assert train["prompt"] == [f"q{i}" for i in range(len(completions))]
+
+
+def test_a_csv_column_of_only_numbers_stays_text(tmp_path):
+    path = tmp_path / "pretrain.csv"
+    path.write_text("text,id\n2024,1\n0.10,2\n", encoding="utf-8")
+    train = load(path, "pretrain")["train"]
+    assert train["text"] == ["2024", "0.10"]
+
+
+def test_csv_files_in_a_folder_are_read_as_text_too(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.csv").write_text("question,answer\n6*7?,42\n1/2?,0.50\n", encoding="utf-8")
+    (tmp_path / "data" / "test.csv").write_text("question,answer\nBond?,007\n", encoding="utf-8")
+    splits = load(tmp_path / "data", "sft")
+    assert [row[0]["content"] for row in splits["train"]["completion"]] == ["42", "0.50"]
+    assert splits["test"][0]["completion"] == [assistant("007")]
+
+
+def test_an_empty_csv_cell_is_still_reported_as_empty(tmp_path):
+    path = tmp_path / "pc.csv"
+    path.write_text("prompt,completion\na,b\nc,\n", encoding="utf-8")
+    assert f"{path}, row 2: column 'completion' is empty" in load_error(path, "sft")
+
+
+# ------------------------------------------------------------------------------- CSV rows with extra cells
+def test_a_csv_row_with_more_cells_than_the_header_names_the_file_and_line(tmp_path):
+    path = tmp_path / "pc.csv"
+    # a quoted cell holding a comma and one spanning two lines are one cell each; line 6 has one cell too many
+    path.write_text('prompt,completion\na,b\n"c, d",e\n"two\nlines",f\ng,h,i\nj,k\n', encoding="utf-8")
+    message = load_error(path, "sft")
+    assert message.startswith(f"{path}, line 6: 3 cells, but the header has 2 columns (prompt, completion).")
+    assert "Quote a cell that contains a comma" in message
+
+
+def test_a_csv_whose_rows_all_have_one_cell_too_many_is_refused_not_shifted(tmp_path):
+    # pandas would take the first column as the index and shift every value under the wrong header
+    path = tmp_path / "pc.csv"
+    path.write_text("prompt,completion\nWhat is 2+2?,Four, I think.\nWhat is 3+3?,Six, I think.\n", encoding="utf-8")
+    assert load_error(path, "sft").startswith(f"{path}, line 2: 3 cells, but the header has 2 columns")
+
+
+def test_a_csv_row_with_fewer_cells_and_blank_lines_still_load(tmp_path):
+    path = tmp_path / "pc.csv"
+    path.write_text("prompt,completion,notes\n\na,b\nc,d,x\n\n", encoding="utf-8")
+    assert load(path, "sft")["train"][:] == {"prompt": ["a", "c"], "completion": ["b", "d"]}
