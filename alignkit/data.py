@@ -17,6 +17,7 @@ answer equals its rejected one is dropped (with a warning). CSV cells are read a
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import sys
@@ -80,10 +81,8 @@ def _csv_columns(files: list[Path]) -> int:
     """The most columns a CSV file's header has."""
     widths = [0]
     for file in files:
-        try:
+        with contextlib.suppress(csv.Error, UnicodeDecodeError):  # an unreadable file is reported by the loader
             widths.append(len(next(_csv_rows(file), (0, []))[1]))
-        except (csv.Error, UnicodeDecodeError):
-            pass
     return max(widths)
 
 
