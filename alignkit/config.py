@@ -245,10 +245,57 @@ def _late_problems(parsed, source: str) -> list[str]:
                 problems.append(
                     f"{source}: `loss_type` cannot be {value!r}{closest_hint(value, valid)}; use one of {', '.join(valid)}."
                 )
+        problems += _range_problems(config, source)
         # A 4/8-bit base cannot be trained itself, only adapters on it (QLoRA).
         if (getattr(config, "load_in_4bit", False) or getattr(config, "load_in_8bit", False)) and not config.use_peft:
             problems.append(f"{source}: load_in_4bit/load_in_8bit trains adapters only: set `use_peft: true` (QLoRA) or drop it.")
     return problems
+
+
+def _range_problems(config, source: str) -> list[str]:
+    """Values the trainers, PEFT or torch reject (or silently mis-train with) deep inside a run, checked up front."""
+    problems = []
+    for key in ("learning_rate", "value_learning_rate"):
+        if not hasattr(config, key):
+            continue
+        value = getattr(config, key)
+        if value is None and key == "learning_rate":
+            problems.append(f"{source}: `learning_rate` is empty; give a positive number such as 1e-4.")
+        elif value is not None and not value > 0:
+            problems.append(f"{source}: `{key}` must be positive, got {value}.")
+    epochs, max_steps = getattr(config, "num_train_epochs", None), getattr(config, "max_steps", None)
+    if epochs is not None and epochs < 0:
+        problems.append(f"{source}: `num_train_epochs` must be positive, got {epochs}.")
+    elif epochs == 0 and max_steps is not None and max_steps <= 0 and getattr(config, "num_updates", None) is None:
+        problems.append(f"{source}: `num_train_epochs: 0` with no `max_steps` trains 0 steps; set one of them above 0.")
+    if max_steps is not None and max_steps < -1:
+        problems.append(f"{source}: `max_steps` must be positive (or -1 to train `num_train_epochs`), got {max_steps}.")
+    if getattr(config, "use_peft", False):
+        if config.lora_r is not None and config.lora_r < 1:
+            problems.append(f"{source}: `lora_r` must be at least 1 (the adapter's rank), got {config.lora_r}.")
+        if config.lora_alpha is not None and config.lora_alpha <= 0:
+            problems.append(f"{source}: `lora_alpha` must be positive, got {config.lora_alpha}.")
+        if config.lora_dropout is not None and not 0 <= config.lora_dropout < 1:
+            problems.append(f"{source}: `lora_dropout` must be in [0, 1), got {config.lora_dropout}.")
+    if hasattr(config, "output_dir"):
+        problems += _output_dir_problems(config.output_dir, source)
+    return problems
+
+
+def _output_dir_problems(output_dir, source: str) -> list[str]:
+    """An output folder the run could not create or write, found before anything is loaded."""
+    if output_dir is None or not str(output_dir).strip():
+        return [f"{source}: `output_dir` is empty; set it to a new folder for this stage's output."]
+    path = Path(output_dir).expanduser()
+    ancestor = path
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if ancestor != path and not ancestor.is_dir():
+        return [f"{source}: output_dir {output_dir} cannot be created: {ancestor} is a file; choose a folder elsewhere."]
+    if ancestor.is_dir() and not os.access(ancestor, os.W_OK | os.X_OK):
+        return [f"{source}: output_dir {output_dir} cannot be written: {ancestor} is read-only for this user; choose "
+                "a folder you can write."]
+    return []
 
 
 def _plain(value):

@@ -16,11 +16,33 @@ def closest_hint(key: str, valid) -> str:
     return f" (did you mean '{match[0]}'?)" if match else ""
 
 
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key, first: int, again: int):
+        super().__init__(f"key '{key}' appears twice (lines {first} and {again}); keep one")
+        self.line = again
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error instead of the last one winning."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise _DuplicateKey(key, seen[key], line)
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_yaml(path: str) -> dict[str, Any]:
     if not Path(path).is_file():
         raise ConfigError(f"Config file not found: {path}")
     try:
-        config = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        config = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=_StrictLoader)
+    except _DuplicateKey as e:
+        raise ConfigError(f"{path} (line {e.line}): {e}.") from None
     except yaml.YAMLError as e:
         where = f" (line {e.problem_mark.line + 1})" if getattr(e, "problem_mark", None) else ""
         raise ConfigError(f"{path}{where} is not valid YAML: {getattr(e, 'problem', e)}") from None

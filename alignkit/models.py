@@ -50,6 +50,34 @@ def load_error(kind: str, name: str, error: Exception) -> ModelError:
     )
 
 
+def check_weight_files(folder: str | Path) -> None:
+    """
+    Refuse a local model or adapter folder whose safetensors files are damaged or cut short (a copy that stopped,
+    a full disk): safetensors reads the header lazily, so such a file otherwise fails late, or loads garbage.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    for file in sorted(folder.glob("*.safetensors")):
+        size = file.stat().st_size
+        try:
+            with open(file, "rb") as f:
+                header_bytes = int.from_bytes(f.read(8), "little")
+                if size < 8 + header_bytes:
+                    raise ValueError
+                header = json.loads(f.read(header_bytes))
+            data_end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+            raise ModelError(
+                f"{file} is not a readable safetensors file (damaged); copy it again or rerun the run that wrote it."
+            ) from None
+        if size < 8 + header_bytes + data_end:
+            raise ModelError(
+                f"{file} is cut short ({size:,} of {8 + header_bytes + data_end:,} bytes); copy it again or rerun the run "
+                "that wrote it."
+            )
+
+
 def load_tokenizer(model_args: ModelConfig, trust_remote_code: bool = False, chat_template_path: str | None = None):
     """
     The tokenizer for `model_args.model_name_or_path`, ready for training: a pad token (the EOS token when the
@@ -80,6 +108,7 @@ def load_tokenizer(model_args: ModelConfig, trust_remote_code: bool = False, cha
 
 def load_model_config(name: str, revision: str | None = None, trust_remote_code: bool = False):
     """The model's config (no weights): enough to know it exists, loads, and whether it needs remote code."""
+    check_weight_files(name)
     try:
         return AutoConfig.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
@@ -150,10 +179,12 @@ def load_model(
     gradient_checkpointing: bool = False,
     seed: int = 42,
     reward: bool = False,
+    tokenizer: PreTrainedTokenizerBase | None = None,
 ):
     """
     A causal LM (or, with `reward`, a one-output sequence classifier) from a Hub id or local folder, quantised to
     4/8 bit when asked (and prepared for k-bit training), or freshly initialised from its config (`from_scratch`).
+    With `tokenizer`, a tokenizer with ids beyond the model's embeddings is refused before any weight is read.
 
     `model_name_or_path` may be an earlier stage's output that holds a PEFT adapter: its base is loaded and the
     adapter applied. With `use_peft` the adapter comes back trainable and the stage continues it, so its output
@@ -161,6 +192,14 @@ def load_model(
     """
     name = model_args.model_name_or_path
     base = adapter_base(name)
+    for folder in (name, base):
+        if folder is not None:
+            check_weight_files(folder)
+    if tokenizer is not None:
+        config = load_model_config(base or name, model_args.model_revision, trust_remote_code)
+        rows = getattr(config.get_text_config(), "vocab_size", None)
+        if rows is not None and (problem := vocab_problem(tokenizer, rows, name)):
+            raise ModelError(problem)
     quantization_config = get_quantization_config(model_args)
     if quantization_config is not None and from_scratch:
         raise ModelError("from_scratch trains every weight, so it cannot load the base in 4 or 8 bit; drop load_in_4bit/8bit.")
@@ -312,9 +351,16 @@ def check_reward_folder(path: str | Path) -> tuple[Path, dict | None]:
     """(folder, adapter config or None) for a reward model, checked without loading weights."""
     path = check_folder(path, "reward model")
     adapter = adapter_config(path)
+    if adapter is not None:
+        adapter_base(path)  # a moved base or missing weights: say that first
     if adapter is None:
-        if not any(a.endswith("ForSequenceClassification") for a in _architectures(path)):
-            raise ModelError(f"{path} holds no reward model (no sequence-classification head); pass the reward stage's output.")
+        architectures = _architectures(path)
+        if not any(a.endswith("ForSequenceClassification") for a in architectures):
+            what = "a causal LM" if any(a.endswith("ForCausalLM") for a in architectures) else "no reward model"
+            raise ModelError(
+                f"{path} holds {what}, not a reward model: it has no trained score head, so its scores would be random; "
+                "pass the reward stage's output_dir."
+            )
     elif adapter.get("task_type") != "SEQ_CLS":
         raise ModelError(
             f"{path} holds a {adapter.get('task_type') or 'causal LM'} adapter; a reward model adapter has "

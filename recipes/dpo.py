@@ -24,7 +24,8 @@ def main(script_args: ScriptArguments, training_args: DPOConfig, model_args: Mod
 
     tokenizer = models.load_tokenizer(model_args, training_args.trust_remote_code, getattr(training_args, "chat_template_path", None))
     model = models.load_model(
-        model_args, training_args.trust_remote_code, gradient_checkpointing=training_args.gradient_checkpointing
+        model_args, training_args.trust_remote_code, gradient_checkpointing=training_args.gradient_checkpointing,
+        tokenizer=tokenizer,
     )
     models.check_vocab(model, tokenizer, model_args.model_name_or_path)
 

@@ -27,6 +27,7 @@ def main(script_args: ScriptArguments, training_args: PretrainConfig, model_args
         from_scratch=script_args.from_scratch,
         gradient_checkpointing=training_args.gradient_checkpointing,
         seed=training_args.seed,
+        tokenizer=tokenizer,
     )
     models.check_vocab(model, tokenizer, model_args.model_name_or_path)
 

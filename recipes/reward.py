@@ -26,7 +26,8 @@ def main(script_args: ScriptArguments, training_args: RewardConfig, model_args: 
     tokenizer = models.load_tokenizer(model_args, training_args.trust_remote_code, getattr(training_args, "chat_template_path", None))
     set_seed(training_args.seed)  # the new score head starts from random weights
     model = models.load_model(
-        model_args, training_args.trust_remote_code, gradient_checkpointing=training_args.gradient_checkpointing, reward=True
+        model_args, training_args.trust_remote_code, gradient_checkpointing=training_args.gradient_checkpointing, reward=True,
+        tokenizer=tokenizer,
     )
     models.check_vocab(model, tokenizer, model_args.model_name_or_path)
     model.config.pad_token_id = tokenizer.pad_token_id  # the score is read at the last non-pad token

@@ -240,6 +240,12 @@ def _check_model(key: str, value, inputs: StageInputs, report: Report):
     except AlignkitError as e:
         report.problem(e if key == "model_name_or_path" else f"{key}: {e}")
         return None, None
+    if key == "reward_model_path" and source == name and Path(name).is_dir():
+        try:  # a causal LM here would score with a random head
+            models.check_reward_folder(name)
+        except AlignkitError as e:
+            report.problem(f"{key}: {e}")
+            return None, None
     if template_path:
         template = f"from {template_path}"
     elif tokenizer.chat_template == models.DEFAULT_CHAT_TEMPLATE.read_text(encoding="utf-8"):

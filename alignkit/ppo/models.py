@@ -30,7 +30,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 from transformers.integrations import is_deepspeed_zero3_enabled
 
 from alignkit.errors import ModelError
-from alignkit.models import adapter_base, adapter_config, load_error
+from alignkit.models import adapter_base, adapter_config, check_reward_folder, check_weight_files, load_error
 from alignkit.outputs import read_run
 
 POLICY, REF, REWARD, VALUE = "default", "ref", "reward", "value"
@@ -246,6 +246,7 @@ class PPOModels:
 
 
 def _load(auto_class, name: str, **kwargs) -> PreTrainedModel:
+    check_weight_files(name)
     try:
         return auto_class.from_pretrained(name, **kwargs)
     except (OSError, ValueError) as e:  # the message every loader gives (a missing folder, remote code, ...)
@@ -307,6 +308,11 @@ def load_ppo_models(
         quantization_config: a `BitsAndBytesConfig` to load the base(s) in 4/8 bit (LoRA mode only).
         value_path: where the value model starts; defaults to `reward_path`.
     """
+    if reward_path is not None and Path(reward_path).is_dir():  # a causal LM here would score with a random head
+        try:
+            check_reward_folder(reward_path)
+        except ModelError as e:
+            raise ModelError(f"reward_model_path: {e}") from None
     value_path = value_path or reward_path
     kwargs = dict(dtype=dtype, trust_remote_code=trust_remote_code)
     if not use_peft:

@@ -35,6 +35,18 @@ def _adapter(base: Path, out: Path, task_type: str = "CAUSAL_LM") -> Path:
     return out
 
 
+def _reward_model(base: Path, out: Path) -> Path:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1)
+    model.config.pad_token_id = AutoTokenizer.from_pretrained(base).pad_token_id or 0
+    model.save_pretrained(out)
+    if out != base:
+        AutoTokenizer.from_pretrained(base).save_pretrained(out)
+    return out
+
+
 @pytest.fixture(scope="session")
 def bad_models(tmp_path_factory, tiny_base, world) -> dict[str, Path]:
     """Model folders that a run must refuse, each for one reason."""
@@ -67,11 +79,23 @@ def bad_models(tmp_path_factory, tiny_base, world) -> dict[str, Path]:
     )
     models["remote_code"] = remote
 
+    # A reward model (a one-label classifier) on the base, as the reward stage writes one.
+    models["reward"] = _reward_model(tiny_base, root / "reward")
+
     # A reward model with another tokenizer (same architecture, smaller vocabulary).
     other = make_base(world, root / "other_tokenizer", vocab_size=512)
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(other)).save_pretrained(other)
-    models["other_tokenizer"] = Path(other)
+    models["other_tokenizer"] = _reward_model(Path(other), Path(other))
+
+    # Weights cut short by a copy that stopped, and weights whose header is garbage.
+    cut = shutil.copytree(tiny_base, root / "truncated_weights")
+    weights = (cut / "model.safetensors").read_bytes()
+    (cut / "model.safetensors").write_bytes(weights[: len(weights) // 2])
+    models["truncated_weights"] = cut
+    damaged = shutil.copytree(tiny_base, root / "damaged_weights")
+    (damaged / "model.safetensors").write_bytes(b"\xff" * 64)
+    models["damaged_weights"] = damaged
 
     models["empty_folder"] = root / "empty_folder"
     models["empty_folder"].mkdir()

@@ -58,6 +58,7 @@ class Case:
     model: str | None = None  # a bad_models key, as model_name_or_path
     reward_model: str | None = None  # a bad_models key, as reward_model_path
     run: bool = True  # also run the stage (False: `alignkit check` only)
+    extra_yaml: str = ""  # lines appended to the written YAML as they are (e.g. a key given twice)
 
 
 CASES = [
@@ -158,6 +159,25 @@ CASES = [
     Case("chat-template-missing", "sft", r"chat_template_path: .*none\.jinja not found", {"chat_template_path": "/nonexistent/none.jinja"}),
     # ----------------------------------------------------------------------------------------------- output_dir
     Case("output-dir-is-a-file", "sft", r"output_dir .*notes\.txt is a file, not a folder", {"output_dir": "FILE"}),
+    Case("output-dir-under-a-file", "sft", r"output_dir .*notes\.txt/run cannot be created: .*notes\.txt is a file",
+         {"output_dir": "FILE/run"}),
+    Case("output-dir-empty", "sft", r"`output_dir` is empty; set it to a new folder", {"output_dir": ""}),
+    # ----------------------------------------------------------------------------------------------- values a trainer rejects late
+    Case("learning-rate-negative", "sft", r"`learning_rate` must be positive, got -0\.0001", {"learning_rate": -1e-4}),
+    Case("learning-rate-zero-ppo", "ppo", r"`learning_rate` must be positive, got 0", {"learning_rate": 0}),
+    Case("epochs-negative", "sft", r"`num_train_epochs` must be positive, got -1", {"num_train_epochs": -1, "max_steps": -1}),
+    Case("zero-epochs-zero-steps", "dpo", r"`num_train_epochs: 0` with no `max_steps` trains 0 steps",
+         {"num_train_epochs": 0, "max_steps": -1}),
+    Case("lora-rank-zero", "sft", r"`lora_r` must be at least 1 \(the adapter's rank\), got 0", {"use_peft": True, "lora_r": 0}),
+    Case("lora-dropout-one", "reward", r"`lora_dropout` must be in \[0, 1\), got 1", {"use_peft": True, "lora_dropout": 1.0}),
+    Case("duplicate-yaml-key", "sft", r"sft\.yaml \(line \d+\): key 'max_steps' appears twice \(lines \d+ and \d+\); keep one",
+         extra_yaml="max_steps: 5\n"),
+    # ----------------------------------------------------------------------------------------------- damaged models
+    Case("safetensors-cut-short", "sft", r"model\.safetensors is cut short \([\d,]+ of [\d,]+ bytes\); copy it again",
+         model="truncated_weights"),
+    Case("safetensors-damaged", "dpo", r"model\.safetensors is not a readable safetensors file \(damaged\)", model="damaged_weights"),
+    Case("reward-model-is-a-causal-lm", "ppo", r"reward_model_path: .* holds a causal LM, not a reward model: it has no trained "
+         r"score head", reward_model="base"),
     Case("resume-from-missing-checkpoint", "sft", r"resume_from_checkpoint: .*checkpoint-9 does not exist",
          {"resume_from_checkpoint": "/nonexistent/checkpoint-9"}),
 ]
@@ -175,7 +195,7 @@ def _good_config(stage: str, good_data, models, out: Path) -> dict:
     if stage == "pretrain":
         config["dataset_name"] = str(good_data["sft"])
     if stage == "ppo":
-        config.update(reward_model_path=str(models["base"]), use_peft=True, num_updates=1,
+        config.update(reward_model_path=str(models["reward"]), use_peft=True, num_updates=1,
                       per_device_train_batch_size=2, max_new_tokens=2, num_ppo_epochs=1)
     return config
 
@@ -189,12 +209,12 @@ def _write_case(case: Case, folder: Path, good_data, models, out: Path) -> Path:
     if case.reward_model:
         config["reward_model_path"] = str(models[case.reward_model])
     config.update(case.config)
-    if config["output_dir"] == "FILE":  # a file where the output folder should go
-        config["output_dir"] = str(folder / "notes.txt")
+    if str(config["output_dir"]).startswith("FILE"):  # a file where the output folder (or a folder above it) should go
+        config["output_dir"] = str(config["output_dir"]).replace("FILE", str(folder / "notes.txt"))
         (folder / "notes.txt").write_text("not a folder")
     config["model_name_or_path"] = str(config["model_name_or_path"]).replace("BASE", str(models["base"]))
     path = folder / f"{case.stage}.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path.write_text(yaml.safe_dump(config) + case.extra_yaml)
     return path
 
 
@@ -341,6 +361,25 @@ def test_pipeline_file_errors_fail_before_anything_is_written(case_id, good_data
         code, err, seconds = _call(["run", str(pipeline)], capsys)
         assert code == 2 and re.search(expect, _error_message(err)) and "Traceback" not in err
         assert seconds < IN_PROCESS_SECONDS
+    code, err, _ = _call(["check", str(pipeline)], capsys)
+    assert code == 1 and re.search(expect, err), err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "stages_yaml, expect",
+    [
+        ("  sft: {recipe: sft, model: base}\n  sft: {recipe: dpo, model: base}\n", r"key 'sft' appears twice \(lines 4 and 5\)"),
+        ("  sft:\n    recipe: sft\n    model: base\n    recipe: dpo\n", r"key 'recipe' appears twice \(lines 5 and 7\)"),
+    ],
+    ids=["stage-named-twice", "stage-key-twice"],
+)
+def test_a_pipeline_naming_a_stage_or_key_twice_is_refused_not_silently_merged(stages_yaml, expect, bad_models, tmp_path, capsys):
+    out = tmp_path / "out"
+    pipeline = tmp_path / "pipeline.yaml"
+    pipeline.write_text(f"base_model: {bad_models['base']}\noutput_dir: {out}\nstages:\n{stages_yaml}")
+    code, err, _ = _call(["run", str(pipeline)], capsys)
+    assert code == 2 and re.search(r"pipeline\.yaml \(line \d+\): " + expect + "; keep one", _error_message(err)), err
     code, err, _ = _call(["check", str(pipeline)], capsys)
     assert code == 1 and re.search(expect, err), err
     assert not out.exists()
