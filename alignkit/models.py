@@ -356,9 +356,9 @@ def check_reward_folder(path: str | Path) -> tuple[Path, dict | None]:
     if adapter is None:
         architectures = _architectures(path)
         if not any(a.endswith("ForSequenceClassification") for a in architectures):
-            what = "a causal LM" if any(a.endswith("ForCausalLM") for a in architectures) else "no reward model"
+            what = " but a causal LM" if any(a.endswith("ForCausalLM") for a in architectures) else ""
             raise ModelError(
-                f"{path} holds {what}, not a reward model: it has no trained score head, so its scores would be random; "
+                f"{path} holds no reward model{what}: it has no trained score head, so its scores would be random; "
                 "pass the reward stage's output_dir."
             )
     elif adapter.get("task_type") != "SEQ_CLS":

@@ -244,8 +244,7 @@ def _check_model(key: str, value, inputs: StageInputs, report: Report):
         try:  # a causal LM here would score with a random head
             models.check_reward_folder(name)
         except AlignkitError as e:
-            report.problem(f"{key}: {e}")
-            return None, None
+            report.problem(f"{key}: {e}")  # and go on: its tokenizer is still compared with the policy's
     if template_path:
         template = f"from {template_path}"
     elif tokenizer.chat_template == models.DEFAULT_CHAT_TEMPLATE.read_text(encoding="utf-8"):

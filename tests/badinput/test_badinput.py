@@ -176,7 +176,7 @@ CASES = [
     Case("safetensors-cut-short", "sft", r"model\.safetensors is cut short \([\d,]+ of [\d,]+ bytes\); copy it again",
          model="truncated_weights"),
     Case("safetensors-damaged", "dpo", r"model\.safetensors is not a readable safetensors file \(damaged\)", model="damaged_weights"),
-    Case("reward-model-is-a-causal-lm", "ppo", r"reward_model_path: .* holds a causal LM, not a reward model: it has no trained "
+    Case("reward-model-is-a-causal-lm", "ppo", r"reward_model_path: .* holds no reward model but a causal LM: it has no trained "
          r"score head", reward_model="base"),
     Case("resume-from-missing-checkpoint", "sft", r"resume_from_checkpoint: .*checkpoint-9 does not exist",
          {"resume_from_checkpoint": "/nonexistent/checkpoint-9"}),

@@ -172,6 +172,9 @@ def test_a_pipeline_whose_reward_stage_used_another_tokenizer_is_refused(tiny_ba
     out = tmp_path / "outputs"
     shutil.copytree(tiny_base, out / "sft")  # finished stages, as `alignkit run` leaves them
     make_base(world, out / "reward", vocab_size=512)  # config and tokenizer are all a check reads
+    config = json.loads((out / "reward" / "config.json").read_text())
+    config.update(architectures=["LlamaForSequenceClassification"], num_labels=1)  # a reward stage writes a classifier
+    (out / "reward" / "config.json").write_text(json.dumps(config))
     for stage in ("sft", "reward"):
         (out / stage / "alignkit_run.json").write_text(json.dumps({"stage": stage}))
     prompts = _jsonl(tmp_path / "prompts.jsonl", [{"prompt": "What does the owl eat?"}] * 4)
