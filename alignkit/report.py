@@ -4,8 +4,8 @@ After each stage `alignkit run` writes, in the pipeline's `output_dir`:
 
 - `report.json`: `stages.<name>` per stage — its recipe, input (`from`), status, the metrics its run recorded,
   and its evaluation: perplexity before/after for pretraining, pairwise accuracy for a reward model; for every
-  policy, the judge's rates (the demo: `gold_correctness`, `gold_politeness`, `gold_concision`) on the same
-  held-out prompts, its reward model score (`rm_score`), the reward model's win rate over the stage it started
+  policy, the judge's rates (the demo: `gold_correctness`, `gold_politeness`, `gold_concision`, `gold_well_formed`)
+  on the same held-out prompts, its reward model score (`rm_score`), the reward model's win rate over the stage it started
   from (`rm_win_rate_vs_previous`) and the per-token KL to it (`kl_to_previous`; `..._sft` too when that stage
   is an SFT stage), a few example answers; PPO adds its score (`reward`) and `kl` per update;
 - `report.md`: the same as Markdown — the table, example answers from every stage side by side, the figures;

@@ -124,3 +124,29 @@ def test_rates() -> None:
     ]
     assert judge.rates(items) == {"gold_correctness": 0.5, "gold_politeness": 0.75, "gold_concision": 0.5}
     assert judge.rates([]) == {"gold_correctness": 0.0, "gold_politeness": 0.0, "gold_concision": 0.0}
+
+
+def test_well_formed_means_a_polite_opener_then_the_canonical_fact_and_nothing_else():
+    world = make_world(0)
+    judge = GoldJudge(world)
+    entity = world.entities[0]
+    fact = world.fact_sentence(entity, "color")
+    assert all(judge.well_formed(entity, "color", f"{opener}  {fact}\n") for opener in POLITE_OPENERS)
+    garbled = f"Are you asked! {fact}"  # polite (no rude word) and correct, yet no answer the data teaches
+    assert judge.judge(entity, "color", garbled) == Verdict(correct=True, polite=True, concise=True)
+    assert not judge.well_formed(entity, "color", garbled)
+    assert not judge.well_formed(entity, "color", f"{RUDE_OPENERS[0]} {fact}")
+    assert not judge.well_formed(entity, "color", fact)  # no opener
+    wrong = world.fact_sentence(entity, "color", next(v for v in VALUES["color"] if v != world.facts[entity]["color"]))
+    assert not judge.well_formed(entity, "color", f"{POLITE_OPENERS[0]} {wrong}")
+
+
+def test_the_gold_judge_plug_in_reports_well_formedness_with_a_short_column_name():
+    from alignkit.demo.judge import gold_judge
+
+    judge = gold_judge(0)
+    world = make_world(0)
+    entity = world.entities[0]
+    verdict = judge({"entity": entity, "attribute": "home"}, f"Of course! {world.fact_sentence(entity, 'home')}")
+    assert verdict == {"gold_correctness": True, "gold_politeness": True, "gold_concision": True, "gold_well_formed": True}
+    assert judge.columns["gold_well_formed"] == "well-formed"

@@ -115,12 +115,12 @@ def test_the_report_has_a_markdown_table_example_answers_and_a_figure_per_stage(
         assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"![{name} training curves](figures/{name}.png)" in markdown
         assert f"\n| {name} | " in markdown
-    assert "| stage | from | perplexity | RM acc | correct | polite | concise | RM score | RM win | KL |" in markdown
+    assert "| stage | from | perplexity | RM acc | correct | polite | concise | well-formed | RM score | RM win | KL |" in markdown
     question = result["stages"]["dpo"]["examples"][0]["question"]
     assert markdown.count(f"**{question}**") == 1  # one block per question, every policy's answer in it
     table = report.format_table(result)
     assert table.splitlines()[0].split() == ["stage", "from", "perplexity", "RM", "acc", "correct", "polite",
-                                              "concise", "RM", "score", "RM", "win", "KL"]
+                                              "concise", "well-formed", "RM", "score", "RM", "win", "KL"]
 
 
 def test_a_second_run_skips_every_stage_reuses_the_evaluation_and_prints_the_same_table(run, monkeypatch, capsys):

@@ -208,7 +208,8 @@ def test_alignkit_eval_writes_the_report_and_prints_a_table(
     assert 0.0 <= report["win_rate"] <= 1.0 and report["num_prompts"] == len(heldout_rows)
     for side in ("policy", "reference"):
         assert set(report[side]) == {
-            "path", "reward_mean", "answer_tokens_mean", "gold_correctness", "gold_politeness", "gold_concision"
+            "path", "reward_mean", "answer_tokens_mean", "gold_correctness", "gold_politeness", "gold_concision",
+            "gold_well_formed",
         }
     assert len(report["examples"]) == 3 and {"policy", "reference", "policy_reward"} <= set(report["examples"][0])
     printed = capsys.readouterr().out
