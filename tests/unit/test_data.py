@@ -419,3 +419,28 @@ def test_the_default_eval_split_holds_out_at_least_one_row(tmp_path):
     # 5% of 4 rows rounds to 0; one row is still held out so evaluation has something to score.
     splits = load_data(ScriptArguments(dataset_name=str(write_jsonl(tmp_path / "d.jsonl", TEXTS[:4]))), "pretrain")
     assert (len(splits["train"]), len(splits["test"])) == (3, 1)
+
+
+# ------------------------------------------------------------------------------------- preference truncation
+def test_a_pair_whose_answer_alone_is_longer_than_max_length_is_kept_with_its_answer_end_cut(tiny_base):
+    from transformers import AutoTokenizer
+
+    from alignkit.data import truncate_prompts
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_base)
+    max_length = 96  # the prompt keeps up to its last 24 tokens: all of this one
+    answer = " The fox is red." + " The fox lives in the hills." * 40  # far more than 96 tokens on its own
+    tokens = lambda text: len(tokenizer(text)["input_ids"]) + 1  # noqa: E731  # + the EOS the reward trainer appends
+    assert tokens(answer) > max_length
+    prompt = "\n\nHuman: What color is the fox?\n\nAssistant:"
+    row = {"chosen": prompt + answer, "rejected": prompt + " Blue."}  # an implicit prompt, as in hh-rlhf
+
+    cut = truncate_prompts(Dataset.from_list([row]), tokenizer, max_length)
+    assert len(cut) == 1  # kept, not dropped
+    kept = cut[0]
+    assert kept["prompt"] == prompt  # short enough to stay whole
+    assert kept["rejected"] == " Blue."  # the answer that fits is untouched
+    assert answer.startswith(kept["chosen"]) and " The fox is red." in kept["chosen"]  # the long one loses its end
+    assert len(kept["chosen"]) < len(answer)
+    assert tokens(kept["prompt"] + kept["chosen"]) <= max_length
+    assert tokens(kept["prompt"] + kept["chosen"]) >= max_length - 3  # cut no more than needed
