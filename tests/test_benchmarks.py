@@ -66,3 +66,13 @@ def test_the_reward_benchmark_scores_both_trainers_on_every_held_out_pair(tiny_b
     assert all(0 <= results[f"{n}_accuracy"] <= 1 for n in ("alignkit", "trl"))
     assert all(results[f"{n}_wall_s"] > 0 for n in ("alignkit", "trl"))
     assert results["settings"]["lora_r"] == 16 and results["settings"]["max_length"] == 128
+
+
+def test_the_dpo_benchmark_scores_both_trainers_implicit_rewards_on_every_held_out_pair(tiny_base, tmp_path):
+    results = run_benchmark("dpo_hh", tiny_base, tmp_path)
+    assert (results["train_pairs_in_split"], results["heldout_n"]) == (20, 5)
+    assert results["alignkit_train_pairs_dropped"] == 0 and results["trl_train_pairs_dropped"] == 0  # keep_end: none
+    assert all(0 <= results[f"{n}_accuracy"] <= 1 for n in ("alignkit", "trl"))
+    assert all(results[f"{n}_chosen_reward"] != 0 for n in ("alignkit", "trl"))  # the adapters moved off the reference
+    assert all(results[f"{n}_wall_s"] > 0 for n in ("alignkit", "trl"))
+    assert results["settings"]["beta"] == 0.1 and results["settings"]["truncation_mode"] == "keep_end"
