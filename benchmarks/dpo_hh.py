@@ -1,6 +1,6 @@
 """DPO on real preference data: alignkit's dpo recipe beside plain TRL DPOTrainer, same settings.
 
-    python benchmarks/dpo_hh.py --data <hh-rlhf test.jsonl.gz> --base <model folder> --out results.json
+    python benchmarks/dpo_hh.py [--data <hh-rlhf test.jsonl.gz>] [--base <model folder>] [--out results.json]
                                 [--threads N] [--limit N] [--max_steps N] [--max_length N] [--work_dir DIR]
 
 The counterpart of `reward_hh.py`, with the same data, split (`train_test_split(test_size=0.2, seed=0)` over the

@@ -1,7 +1,10 @@
 """Reward model on real preference data: alignkit's reward recipe beside plain TRL RewardTrainer, same settings.
 
-    python benchmarks/reward_hh.py --data <hh-rlhf test.jsonl.gz> --base <model folder> --out results.json
+    python benchmarks/reward_hh.py [--data <hh-rlhf test.jsonl.gz>] [--base <model folder>] [--out results.json]
                                    [--threads N] [--limit N] [--max_steps N] [--max_length N] [--work_dir DIR]
+
+`--data` and `--base` default to `hh-rlhf-harmless-test/test.jsonl.gz` and `stories260k/` in `../shared/data`
+beside the repository; without them the benchmark exits with a "skipped" message.
 
 Data: Anthropic hh-rlhf preference pairs (`chosen`/`rejected` dialogues "\\n\\nHuman: ... \\n\\nAssistant: ...", the
 prompt implicit), split with `datasets` `train_test_split(test_size=0.2, seed=0)` over the rows in file order
@@ -62,10 +65,14 @@ SETTINGS = {
 
 
 # ------------------------------------------------------------------------------ shared with dpo_hh.py
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
 def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
-    p.add_argument("--data", required=True, help="hh-rlhf JSONL (.jsonl or .jsonl.gz) with `chosen` and `rejected`")
-    p.add_argument("--base", required=True, help="base model folder (a causal LM with its tokenizer)")
+    p.add_argument("--data", default=str(SHARED_DATA / "hh-rlhf-harmless-test" / "test.jsonl.gz"),
+                   help="hh-rlhf JSONL (.jsonl or .jsonl.gz) with `chosen` and `rejected`")
+    p.add_argument("--base", default=str(SHARED_DATA / "stories260k"), help="base model folder (a causal LM with its tokenizer)")
     p.add_argument("--out", help="write the results as JSON here")
     p.add_argument("--threads", type=int, help="torch threads (default: $OMP_NUM_THREADS, else 1)")
     p.add_argument("--limit", type=int, help="use only the first N rows of the file (a smoke test)")
