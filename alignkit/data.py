@@ -354,14 +354,18 @@ def _longest(n: int, ok) -> int:
 
 
 def _cut_answer_end(answer, fits):
-    """The longest start of `answer` (text, or the content of its last turn) that `fits`; `answer` if it has no text."""
+    """
+    The longest start of `answer` (text, or the content of its last turn) that `fits`; `answer` itself when it has
+    no text to cut or when even its empty start does not fit (the pair cannot be kept either way).
+    """
     if isinstance(answer, str):
-        return answer[: _longest(len(answer), lambda k: fits(answer[:k]))]
-    content = answer[-1].get("content") if answer else None
-    if not isinstance(content, str):
+        text, part = answer, lambda k: answer[:k]
+    else:
+        text = answer[-1].get("content") if answer else None
+        part = lambda k: answer[:-1] + [{**answer[-1], "content": text[:k]}]  # noqa: E731
+    if not isinstance(text, str) or not fits(part(0)):
         return answer
-    turn = lambda k: answer[:-1] + [{**answer[-1], "content": content[:k]}]  # noqa: E731
-    return turn(_longest(len(content), lambda k: fits(turn(k))))
+    return part(_longest(len(text), lambda k: fits(part(k))))
 
 
 def truncate_prompts(dataset: Dataset, tokenizer, max_length: int) -> Dataset:

@@ -444,3 +444,24 @@ def test_a_pair_whose_answer_alone_is_longer_than_max_length_is_kept_with_its_an
     assert len(kept["chosen"]) < len(answer)
     assert tokens(kept["prompt"] + kept["chosen"]) <= max_length
     assert tokens(kept["prompt"] + kept["chosen"]) >= max_length - 3  # cut no more than needed
+
+
+def test_a_conversational_pair_whose_answer_alone_is_too_long_keeps_its_last_turn_and_the_answer_start(tiny_base):
+    from trl import ModelConfig
+
+    from alignkit.data import truncate_prompts
+    from alignkit.models import load_tokenizer
+
+    tokenizer = load_tokenizer(ModelConfig(model_name_or_path=str(tiny_base)))  # with alignkit's default chat template
+    length = lambda turns: len(tokenizer.apply_chat_template(turns, tokenize=True, return_dict=False))  # noqa: E731
+    prompt = [{"role": "user", "content": "Where does the fox live? " * 10}, {"role": "assistant", "content": "In the hills."},
+              {"role": "user", "content": "What color is the fox?"}]
+    long_answer = [{"role": "assistant", "content": "The fox is red." + " It lives in the hills." * 40}]
+    row = {"prompt": prompt, "chosen": long_answer, "rejected": [{"role": "assistant", "content": "Blue."}]}
+    assert length(long_answer) > 96
+
+    kept = truncate_prompts(Dataset.from_list([row]), tokenizer, 96)[0]
+    assert kept["prompt"] == prompt[-1:]  # the earlier turns make way first
+    assert kept["chosen"][0]["content"].startswith("The fox is red.")
+    assert long_answer[0]["content"].startswith(kept["chosen"][0]["content"])
+    assert length(kept["prompt"] + kept["chosen"]) <= 96 and kept["rejected"] == row["rejected"]
