@@ -563,11 +563,37 @@ def check_kept(before: int, after: int, what: str, max_length: int | None) -> No
         logger.warning(f"{before - after} of {before} {what} are longer than max_length={max_length} and were dropped.")
 
 
+def _longest(n: int, ok) -> int:
+    """The largest `k` in `[0, n]` with `ok(k)`, for `ok` true up to some `k` and false beyond it (0 when none is)."""
+    lo, hi = 0, n
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if ok(mid) else (lo, mid - 1)
+    return lo
+
+
+def _cut_answer_end(answer, fits):
+    """
+    The longest start of `answer` (text, or the content of its last turn) that `fits`; `answer` itself when it has
+    no text to cut or when even its empty start does not fit (the pair cannot be kept either way).
+    """
+    if isinstance(answer, str):
+        text, part = answer, lambda k: answer[:k]
+    else:
+        text = answer[-1].get("content") if answer else None
+        part = lambda k: answer[:-1] + [{**answer[-1], "content": text[:k]}]  # noqa: E731
+    if not isinstance(text, str) or not fits(part(0)):
+        return answer
+    return part(_longest(len(text), lambda k: fits(part(k))))
+
+
 def truncate_prompts(dataset: Dataset, tokenizer, max_length: int) -> Dataset:
     """
-    Cut the start of each preference pair's prompt so the pair fits `max_length` tokens with its longer answer:
-    a long dialogue keeps its latest turns instead of being dropped whole, which is what TRL's reward trainer
-    does to pairs that do not fit. Implicit prompts are made explicit first.
+    Make each preference pair fit `max_length` tokens with its longer answer instead of letting TRL's reward trainer
+    drop it: cut the start of the prompt, so a long dialogue keeps its latest turns. An answer so long that it would
+    leave the prompt less than its last `max_length // 4` tokens (the whole prompt, if shorter; for a conversation,
+    its last turn) has its end cut first, so that pair is kept too. Implicit prompts are made explicit first. Logs
+    how many prompts and answers were cut.
     """
     from trl.data_utils import maybe_extract_prompt
 
@@ -578,23 +604,39 @@ def truncate_prompts(dataset: Dataset, tokenizer, max_length: int) -> Dataset:
 
     def cut(row):
         row = maybe_extract_prompt(row)
-        prompt = row["prompt"]
-        fits = lambda p: max(length(p, row["chosen"]), length(p, row["rejected"])) <= max_length  # noqa: E731
+        prompt, chosen, rejected = row["prompt"], row["chosen"], row["rejected"]
+        fits = lambda p, c=chosen, r=rejected: max(length(p, c), length(p, r)) <= max_length  # noqa: E731
         if fits(prompt):
-            return {**row, "cut": False}
-        if _conversational(prompt):  # drop whole turns from the start, keeping a system message
+            return {**row, "cut": False, "answer_cut": False}
+        # The least of the prompt that each answer must leave room for.
+        if _conversational(prompt):  # whole turns, keeping a system message
             system = [t for t in prompt[:1] if t["role"] == "system"]
+            reserve = system + prompt[len(system) :][-1:]
+        else:  # the prompt's last tokens
+            tokens = min(len(tokenizer(prompt, add_special_tokens=False)["input_ids"]), max_length // 4)
+            reserve = prompt[_longest(len(prompt), lambda s: len(tokenizer(prompt[s:], add_special_tokens=False)["input_ids"]) >= tokens) :]
+        answers = [
+            _cut_answer_end(a, lambda part: length(reserve, part) <= max_length) if length(reserve, a) > max_length else a
+            for a in (chosen, rejected)
+        ]
+        answer_cut = answers != [chosen, rejected]
+        chosen, rejected = answers
+        if _conversational(prompt):  # drop whole turns from the start
             turns = prompt[len(system) :]
-            while len(turns) > 1 and not fits(system + turns):
+            while len(turns) > 1 and not fits(system + turns, chosen, rejected):
                 turns = turns[1:]
-            prompt = system + turns
-        else:  # keep the prompt's last tokens (two spare for re-tokenising across the cut)
-            ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-            spare = max_length - max(length("", row["chosen"]), length("", row["rejected"])) - 2
-            prompt = tokenizer.decode(ids[-spare:], skip_special_tokens=True) if spare > 0 else prompt
-        return {"prompt": prompt, "chosen": row["chosen"], "rejected": row["rejected"], "cut": True}
+            new_prompt = system + turns
+        else:  # the longest end of the prompt that fits
+            new_prompt = prompt[len(prompt) - _longest(len(prompt), lambda k: fits(prompt[len(prompt) - k :], chosen, rejected)) :]
+        return {**row, "prompt": new_prompt, "chosen": chosen, "rejected": rejected,
+                "cut": new_prompt != prompt, "answer_cut": answer_cut}
 
     cut_rows = dataset.map(cut, remove_columns=dataset.column_names)
     if n_cut := sum(cut_rows["cut"]):
         logger.warning(f"{n_cut} of {len(dataset)} prompts were cut from the left to fit max_length={max_length}.")
-    return cut_rows.remove_columns("cut")
+    if n_answers := sum(cut_rows["answer_cut"]):
+        logger.warning(
+            f"{n_answers} of {len(dataset)} pairs have an answer too long to fit max_length={max_length} beside the end "
+            f"of its prompt (its last {max_length // 4} tokens or whole turn): that answer's end was cut, and the pair kept."
+        )
+    return cut_rows.remove_columns(["cut", "answer_cut"])

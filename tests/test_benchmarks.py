@@ -30,3 +30,49 @@ def test_the_memory_estimate_is_within_25_percent_of_the_measured_peak_at_the_ti
     rows = memory_estimate.main(["--sizes", "tiny", "--stages", "sft,reward", "--steps", "1"])
     assert [r["stage"] for r in rows] == ["sft", "reward"]
     assert all(0.75 <= r["ratio"] <= 1.25 for r in rows), rows
+
+
+def hh_like_file(path, n=30):
+    """hh-rlhf-shaped pairs (implicit prompt): some dialogues too long for max_length 128, some answers alone too."""
+    import gzip
+
+    rows = []
+    for i in range(n):
+        history = "".join(f"\n\nHuman: Where does animal {j} live?\n\nAssistant: The fox lives in the hills." for j in range(i % 4 * 3))
+        prompt = f"{history}\n\nHuman: What color is fox {i}?\n\nAssistant:"
+        chosen = " The fox is red." + (" It lives in the hills and eats berries." * 20 if i % 5 == 0 else "")
+        rows.append({"chosen": prompt + chosen, "rejected": prompt + " Go away, you fool."})
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    return path
+
+
+def run_benchmark(name, tiny_base, tmp_path):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    module = __import__(name)
+    out = tmp_path / f"{name}.json"
+    results = module.main(["--data", str(hh_like_file(tmp_path / "hh.jsonl.gz")), "--base", str(tiny_base), "--out", str(out),
+                           "--limit", "25", "--max_steps", "2", "--max_length", "128"])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(results))
+    return results
+
+
+def test_the_reward_benchmark_scores_both_trainers_on_every_held_out_pair(tiny_base, tmp_path):
+    results = run_benchmark("reward_hh", tiny_base, tmp_path)
+    # train_test_split(test_size=0.2) of the first 25 rows: 20 training pairs, 5 held out, every one scored.
+    assert (results["train_pairs_in_split"], results["heldout_n"]) == (20, 5)
+    assert results["alignkit_train_pairs_dropped"] == 0 and results["alignkit_train_pairs"] == 20
+    assert results["trl_train_pairs_dropped"] > 0  # plain TRL drops the pairs longer than max_length
+    assert all(0 <= results[f"{n}_accuracy"] <= 1 for n in ("alignkit", "trl"))
+    assert all(results[f"{n}_wall_s"] > 0 for n in ("alignkit", "trl"))
+    assert results["settings"]["lora_r"] == 16 and results["settings"]["max_length"] == 128
+
+
+def test_the_dpo_benchmark_scores_both_trainers_implicit_rewards_on_every_held_out_pair(tiny_base, tmp_path):
+    results = run_benchmark("dpo_hh", tiny_base, tmp_path)
+    assert (results["train_pairs_in_split"], results["heldout_n"]) == (20, 5)
+    assert results["alignkit_train_pairs_dropped"] == 0 and results["trl_train_pairs_dropped"] == 0  # keep_end: none
+    assert all(0 <= results[f"{n}_accuracy"] <= 1 for n in ("alignkit", "trl"))
+    assert all(results[f"{n}_chosen_reward"] != 0 for n in ("alignkit", "trl"))  # the adapters moved off the reference
+    assert all(results[f"{n}_wall_s"] > 0 for n in ("alignkit", "trl"))
+    assert results["settings"]["beta"] == 0.1 and results["settings"]["truncation_mode"] == "keep_end"

@@ -674,3 +674,49 @@ def test_a_csv_row_with_fewer_cells_and_blank_lines_still_load(tmp_path):
     path = tmp_path / "pc.csv"
     path.write_text("prompt,completion,notes\n\na,b\nc,d,x\n\n", encoding="utf-8")
     assert load(path, "sft")["train"][:] == {"prompt": ["a", "c"], "completion": ["b", "d"]}
+
+
+# ------------------------------------------------------------------------------------- preference truncation
+def test_a_pair_whose_answer_alone_is_longer_than_max_length_is_kept_with_its_answer_end_cut(tiny_base):
+    from transformers import AutoTokenizer
+
+    from alignkit.data import truncate_prompts
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_base)
+    max_length = 96  # the prompt keeps up to its last 24 tokens: all of this one
+    answer = " The fox is red." + " The fox lives in the hills." * 40  # far more than 96 tokens on its own
+    tokens = lambda text: len(tokenizer(text)["input_ids"]) + 1  # noqa: E731  # + the EOS the reward trainer appends
+    assert tokens(answer) > max_length
+    prompt = "\n\nHuman: What color is the fox?\n\nAssistant:"
+    row = {"chosen": prompt + answer, "rejected": prompt + " Blue."}  # an implicit prompt, as in hh-rlhf
+
+    cut = truncate_prompts(Dataset.from_list([row]), tokenizer, max_length)
+    assert len(cut) == 1  # kept, not dropped
+    kept = cut[0]
+    assert kept["prompt"] == prompt  # short enough to stay whole
+    assert kept["rejected"] == " Blue."  # the answer that fits is untouched
+    assert answer.startswith(kept["chosen"]) and " The fox is red." in kept["chosen"]  # the long one loses its end
+    assert len(kept["chosen"]) < len(answer)
+    assert tokens(kept["prompt"] + kept["chosen"]) <= max_length
+    assert tokens(kept["prompt"] + kept["chosen"]) >= max_length - 3  # cut no more than needed
+
+
+def test_a_conversational_pair_whose_answer_alone_is_too_long_keeps_its_last_turn_and_the_answer_start(tiny_base):
+    from trl import ModelConfig
+
+    from alignkit.data import truncate_prompts
+    from alignkit.models import load_tokenizer
+
+    tokenizer = load_tokenizer(ModelConfig(model_name_or_path=str(tiny_base)))  # with alignkit's default chat template
+    length = lambda turns: len(tokenizer.apply_chat_template(turns, tokenize=True, return_dict=False))  # noqa: E731
+    prompt = [{"role": "user", "content": "Where does the fox live? " * 10}, {"role": "assistant", "content": "In the hills."},
+              {"role": "user", "content": "What color is the fox?"}]
+    long_answer = [{"role": "assistant", "content": "The fox is red." + " It lives in the hills." * 40}]
+    row = {"prompt": prompt, "chosen": long_answer, "rejected": [{"role": "assistant", "content": "Blue."}]}
+    assert length(long_answer) > 96
+
+    kept = truncate_prompts(Dataset.from_list([row]), tokenizer, 96)[0]
+    assert kept["prompt"] == prompt[-1:]  # the earlier turns make way first
+    assert kept["chosen"][0]["content"].startswith("The fox is red.")
+    assert long_answer[0]["content"].startswith(kept["chosen"][0]["content"])
+    assert length(kept["prompt"] + kept["chosen"]) <= 96 and kept["rejected"] == row["rejected"]
