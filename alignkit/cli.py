@@ -9,13 +9,15 @@
     alignkit merge <stage_output> --output_dir DIR         merge an adapter into its base and save the full model
     alignkit push <folder> <repo_id> [--public]            upload a stage's output to the Hub
 
-`--debug` anywhere shows the full traceback of an error instead of its one-line message.
+`--debug` anywhere shows the full traceback of an error instead of its one-line message. Errors exit with 2 (an
+operating-system error, such as an output folder that cannot be written, too, in one line), Ctrl-C with 130.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import importlib
 import sys
 import textwrap
@@ -26,9 +28,36 @@ from alignkit import preflight, stages
 from alignkit.errors import AlignkitError
 
 
-def _fail(error: AlignkitError) -> None:
+def _fail(error: AlignkitError | str) -> None:
     print(f"alignkit: error: {error}", file=sys.stderr)
     sys.exit(2)
+
+
+def _interrupted() -> None:
+    print("alignkit: interrupted", file=sys.stderr)
+    sys.exit(130)
+
+
+def os_error_message(error: OSError) -> str:
+    """One line for an operating-system error: the path, and why it cannot be written (or read) there."""
+    path = error.filename
+    reason = error.strerror or (str(error).strip().splitlines() or [type(error).__name__])[0]
+    if path is None:
+        return reason
+    if error.errno == errno.ENOTDIR:
+        blocker = next((p for p in (Path(path), *Path(path).parents) if p.exists() and not p.is_dir()), None)
+        if blocker is not None:
+            return f"cannot write {path}: {blocker} is a file, not a folder; choose another path."
+    if error.errno == errno.EEXIST and Path(path).exists() and not Path(path).is_dir():
+        return f"cannot write {path}: it is a file, not a folder; choose another path."
+    if error.errno == errno.EROFS:
+        return f"cannot write {path}: the file system is read-only; choose a folder on a writable disk."
+    if error.errno == errno.ENOSPC:
+        return f"cannot write {path}: no space left on the device; free some or choose another disk."
+    if error.errno in (errno.EACCES, errno.EPERM):
+        return f"cannot access {path}: permission denied; choose a path you may write to."
+    target = f" -> {error.filename2}" if error.filename2 else ""
+    return f"{path}{target}: {reason}."
 
 
 def run_recipe(stage: str, args: list[str] | None = None, main: Callable | None = None):
@@ -63,6 +92,14 @@ def run_recipe(stage: str, args: list[str] | None = None, main: Callable | None 
         if debug:
             raise
         _fail(e)
+    except OSError as e:
+        if debug:
+            raise
+        _fail(os_error_message(e))
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        _interrupted()
 
 
 def _field_line(f: dataclasses.Field) -> str:
@@ -129,6 +166,14 @@ def main(argv: list[str] | None = None) -> None:
         if debug:
             raise
         _fail(e)
+    except OSError as e:
+        if debug:
+            raise
+        _fail(os_error_message(e))
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        _interrupted()
 
 
 if __name__ == "__main__":

@@ -4,18 +4,26 @@ A pipeline file (see `recipes/demo/pipeline.yaml`) names its stages in order; ea
 sft, reward, dpo, ppo), its stage config (a YAML file relative to the pipeline file, and/or inline `args`) and
 its inputs by stage name (`model`, `reward_model`, `value_model`), which resolve to those stages' output folders
 under `<output_dir>/<stage>`. The whole file is checked before anything trains: recipes, stage references (only
-earlier stages: no cycles), input kinds (a reward model is no policy), config keys, config files.
+earlier stages: no cycles), input kinds (a reward model is no policy), config keys, config files, input folders
+that hold an unfinished run, an output_dir that cannot be a folder.
+
+Every relative path in the file and its stage configs (chat templates, data sets, models, evaluation prompts,
+accelerate and DeepSpeed configs) means the same from any working directory: see `Pipeline.resolve_path`.
 
 `Pipeline.plan` decides what a run does with each stage: skip a finished run, resume an interrupted stage from its
 last complete checkpoint, start over a stage that left no checkpoint, and rerun every stage whose input is trained
-again (`--from STAGE` reruns that stage and all later ones). `--set base_model=...` replaces a top-level key,
+again, or was trained again since the stage ran: the runner notes which input runs each stage was trained from
+(`STATE_FILE`), so a run killed between a retrained stage and its dependants is completed by the next plain run.
+`--from STAGE` reruns that stage and all later ones. `--set base_model=...` replaces a top-level key,
 `--set sft.learning_rate=...` one stage's inline arg.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
+import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -27,7 +35,14 @@ import yaml
 from alignkit import stages
 from alignkit.configfile import closest_hint, load_yaml
 from alignkit.errors import ConfigError
-from alignkit.outputs import complete_checkpoints, read_run
+from alignkit.outputs import (
+    CONFIG_FILE_NAME,
+    RUN_FILE_NAME,
+    complete_checkpoints,
+    previous_dir,
+    read_run,
+    write_json_atomic,
+)
 
 # A stage's inputs by role, and the config key each one sets.
 INPUTS = stages.INPUT_KEYS
@@ -37,6 +52,16 @@ EVALUATION_KEYS = ("prompts", "judge", "max_new_tokens", "batch_size", "num_exam
 # Keys the pipeline sets itself in every stage's config.
 RUNNER_KEYS = ("output_dir", "overwrite_output_dir", "resume_from_checkpoint")
 VARIABLE = re.compile(r"\$\{([^}]*)\}")
+# Settings that name a file: a relative one is looked up beside the pipeline file, then (for files written relative to
+# a project root, as the shipped recipes are) in the working directory and in the folders above the pipeline file.
+FILE_KEYS = ("chat_template_path", "deepspeed", "fsdp_config", "accelerator_config")
+# Settings that name a file or folder which may also be a Hub id: a relative one is taken beside the pipeline file
+# (or the stage config that sets it) when it exists there, else as written (the working directory, or the Hub).
+PATH_KEYS = (*FILE_KEYS, "dataset_name", *INPUTS.values())
+# Beside report.json: what each stage was trained from (a digest of each input stage's run record when it ran).
+STATE_FILE = ".alignkit_pipeline.json"
+# Never written into the config file a stage is handed: it goes to the stage through the environment.
+SECRET_KEYS = {"hub_token": "HF_TOKEN"}
 
 
 @dataclass
@@ -68,6 +93,8 @@ class Pipeline:
     setup: str | None = None
     evaluation: dict[str, Any] = field(default_factory=dict)
     variables: dict[str, str] = field(default_factory=dict)  # `${setup.<key>}`: what `setup` returned
+    why: dict[str, str] = field(default_factory=dict)  # why `plan` reruns a stage, by stage
+    overridden: set[str] = field(default_factory=set)  # keys `--set` gave: their paths are the working directory's
 
     # ------------------------------------------------------------------------------------------------ errors
 
@@ -94,11 +121,17 @@ class Pipeline:
                 if INPUTS[role] in stage.args:
                     raise self.error(stage.name, f"{role} is set twice, as `{role}` and as args.{INPUTS[role]}", "Keep one")
                 self._check_input(index, names, stage, role, value)
-            if "model" not in stage.inputs and "model_name_or_path" not in {**self._config(stage), **stage.args}:
+            settings = {**self._config(stage), **stage.args}
+            if "model" not in stage.inputs and "model_name_or_path" not in settings:
                 raise self.error(stage.name, "no model to start from", "Add `model: base` or `model: <an earlier stage>`")
+            for role, value in stage.inputs.items():  # earlier stages are trained first; other folders must be finished
+                literal = value not in self.stages and "${" not in self._raw_input(value)  # else known only at run time
+                settings[INPUTS[role]] = self.input_path(value) if literal else None
+            self.refuse_unfinished_inputs(stage, settings)
             if stage.accelerate_config is not None and self.accelerate_config_path(stage) is None:
                 raise self.error(stage.name, f"accelerate_config {stage.accelerate_config} not found", "Fix the path")
         self._check_evaluation()
+        self._check_output_dir()
         for spec, what in ((self.setup, "setup"), (self.evaluation.get("judge"), "evaluation.judge")):
             if spec is not None and not re.fullmatch(r"[\w.]+:\w+", str(spec)):
                 raise self.error(None, f"{what} '{spec}' is not `module:function`", f"Write e.g. `{what}: mypackage.module:function`")
@@ -150,6 +183,29 @@ class Pipeline:
             "Name an earlier stage, `base`, a folder or a Hub id (owner/name)",
         )
 
+    def _check_output_dir(self) -> None:
+        if "${" in self.output_dir:
+            return
+        out = Path(self.output_dir)
+        for folder in (*(self.stage_dir(name) for name in self.stages), out):
+            blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+            if blocker is not None:
+                raise self.error(
+                    None, f"output_dir {self.output_dir} cannot hold the stages' folders: {blocker} is a file, not a folder",
+                    "Choose another output_dir (in the file, or `--output_dir DIR`)",
+                )
+
+    def refuse_unfinished_inputs(self, stage: Stage, settings: Mapping[str, Any]) -> None:
+        """A `ConfigError` when an input folder of `stage` (model, reward or value model) holds an unfinished run."""
+        for key in INPUTS.values():
+            value = settings.get(key)
+            if isinstance(value, str) and "${" not in value and (why := unfinished_run(value)) is not None:
+                stages_dir = Path(self.output_dir)
+                fix = ("Rerun the pipeline to finish it" if Path(value).parent == stages_dir else
+                       "Finish that run (rerun its command with `--resume_from_checkpoint true`, or rerun its pipeline) "
+                       "or point at a finished run's folder")
+                raise self.error(stage.name, f"{key} {why}", fix)
+
     def _check_evaluation(self) -> None:
         if not self.evaluation:
             return
@@ -174,16 +230,42 @@ class Pipeline:
     # ---------------------------------------------------------------------------------------------- resolving
 
     def config_path(self, stage: Stage) -> Path:
-        return self.path.parent / stage.config
+        """The stage's config file: relative to the pipeline file (or, failing that, to the working directory)."""
+        beside = self.path.parent / stage.config
+        return Path(stage.config) if not beside.is_file() and Path(stage.config).is_file() else beside
 
     def accelerate_config_path(self, stage: Stage) -> Path | None:
-        for path in (self.path.parent / stage.accelerate_config, Path(stage.accelerate_config)):
-            if path.is_file():
-                return path
-        return None
+        path = Path(self.resolve_path(stage.accelerate_config, file=True, key=f"{stage.name}.accelerate_config"))
+        return path if path.is_file() else None
+
+    def resolve_path(self, value, file: bool = False, beside: Path | None = None, key: str | None = None):
+        """
+        A relative path written in this pipeline (or in the stage config in folder `beside`) as a path that works from
+        any working directory: beside the pipeline file when it exists there, else beside the stage config, else as
+        written when it exists from the working directory; a `file` is also looked for in the pipeline file's
+        parent folders (the shipped recipes name files from the repository root). Anything else (a Hub id, an
+        output written later, a `${...}` value) is returned as it is.
+        """
+        if not isinstance(value, str) or not value.strip() or "${" in value or Path(value).is_absolute():
+            return value
+        if key in self.overridden and _exists(Path(value)):
+            return value  # given on the command line: relative to the working directory first
+        here = self.path.parent
+        candidates = [here / value, *([beside / value] if beside is not None else []), Path(value)]
+        if file:
+            candidates += [folder / value for folder in here.absolute().parents]
+        return next((str(c) for c in candidates if _exists(c, file)), value)
+
+    def resolve_paths(self, settings: Mapping[str, Any], beside: Path | None = None) -> dict[str, Any]:
+        """`settings` with every relative file or folder setting (`PATH_KEYS`) resolved by `resolve_path`."""
+        return {key: self.resolve_path(value, key in FILE_KEYS, beside) if key in PATH_KEYS else value
+                for key, value in settings.items()}
 
     def _config(self, stage: Stage) -> dict[str, Any]:
-        return load_yaml(str(self.config_path(stage))) if stage.config is not None else {}
+        if stage.config is None:
+            return {}
+        path = self.config_path(stage)
+        return self.resolve_paths(load_yaml(str(path)), beside=path.parent)
 
     def substitute(self, value):
         """`value` with `${output_dir}` and `${setup.<key>}` replaced, in every string inside it."""
@@ -209,10 +291,14 @@ class Pipeline:
     def stage_dir(self, name: str) -> Path:
         return Path(self.output_dir) / name
 
+    def _raw_input(self, value: str) -> str:
+        return str(self.base_model) if value == "base" else value
+
     def input_path(self, value: str) -> str:
         if value in self.stages:
             return str(self.stage_dir(value))
-        return self.substitute(self.base_model if value == "base" else value)
+        raw = self._raw_input(value)
+        return self.substitute(raw) if "${" in raw else self.resolve_path(raw, key="base_model" if value == "base" else None)
 
     def settings(self, stage: Stage) -> dict[str, Any]:
         """The stage's whole config: its config file, then its inline args, its inputs and its output folder."""
@@ -241,25 +327,117 @@ class Pipeline:
     def plan(self, from_stage: str | None = None) -> dict[str, str]:
         """
         What each stage will do: `skip` (a finished run), `resume` (an unfinished run with a checkpoint), `start`
-        (nothing usable yet) or `rerun` (asked by `from_stage`, or an input is trained again: its output is stale).
+        (nothing usable yet) or `rerun` (asked by `from_stage`, an input is trained again in this run, or an input
+        was trained again after this stage's run: its output is stale). Why a stage reruns is kept in `self.why`.
+
+        A finished stage is stale when the run record of an input stage differs from the one recorded when it was
+        trained (`record_trained`, in `STATE_FILE`); without such a record (an older pipeline folder, or a process
+        killed before writing it), when an input's run finished after this stage's run, or after the checkpoint an
+        unfinished stage would resume from.
         """
         names = list(self.stages)
         if from_stage is not None and from_stage not in self.stages:
             hint = closest_hint(from_stage, names)
             raise self.error(None, f"--from {from_stage}: no such stage{hint}", f"Choose one of {', '.join(names)}")
         first = names.index(from_stage) if from_stage else len(names)
+        state = self.read_state()
         actions: dict[str, str] = {}
+        self.why = {}
         for index, (name, stage) in enumerate(self.stages.items()):
-            if read_run(self.stage_dir(name)) is not None:
+            out = self.stage_dir(name)
+            if read_run(out) is not None:
                 actions[name] = "skip"
-            elif complete_checkpoints(self.stage_dir(name)):
+                changed = self._changed_input(stage, out / RUN_FILE_NAME, state.get(name))
+            elif complete_checkpoints(out):
                 actions[name] = "resume"
+                changed = self._changed_input(stage, complete_checkpoints(out)[-1] / "trainer_state.json", None)
             else:
                 actions[name] = "start"
-            stale = any(actions.get(value, "skip") != "skip" for value in stage.inputs.values())
-            if actions[name] != "start" and (index >= first or stale):
-                actions[name] = "rerun"
+                changed = None
+            stale = [value for value in self.input_stages(stage) if actions.get(value, "skip") != "skip"]
+            if actions[name] == "start":
+                continue
+            if index >= first:
+                self.why[name] = f"--from {from_stage}"
+            elif stale:
+                self.why[name] = f"its input {stale[0]} is trained again"
+            elif changed:
+                self.why[name] = f"its input {changed} was trained again after it"
+            else:
+                continue
+            actions[name] = "rerun"
         return actions
+
+    # ------------------------------------------------------------------------------------ what stages ran from
+
+    def input_stages(self, stage: Stage) -> list[str]:
+        """The stages of this pipeline whose outputs `stage` reads."""
+        return list(dict.fromkeys(value for value in stage.inputs.values() if value in self.stages))
+
+    def run_digest(self, name: str) -> str | None:
+        """A digest of stage `name`'s run record (None when it holds no finished run): it changes with every run."""
+        path = self.stage_dir(name) / RUN_FILE_NAME
+        try:
+            return hashlib.sha256(path.read_bytes()).hexdigest()[:32]
+        except OSError:
+            return None
+
+    def read_state(self) -> dict[str, Any]:
+        try:
+            state = json.loads((Path(self.output_dir) / STATE_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}  # none yet, or damaged: the plan falls back to the runs' times
+        return state.get("stages", {}) if isinstance(state, dict) and isinstance(state.get("stages"), dict) else {}
+
+    def record_trained(self, stage: Stage) -> None:
+        """
+        Note in `STATE_FILE` which runs of its input stages the finished run in `stage`'s folder was trained from
+        (digests of their run records as they are now), so that a later `plan` reruns it when one of them changes.
+        """
+        own = self.run_digest(stage.name)
+        state = self.read_state()
+        if own is None:
+            state.pop(stage.name, None)
+        else:
+            state[stage.name] = {"run": own, "trained_from": {name: self.run_digest(name) for name in self.input_stages(stage)}}
+        write_json_atomic(Path(self.output_dir) / STATE_FILE, {"stages": state})
+
+    def _changed_input(self, stage: Stage, own_file: Path, record: Mapping | None) -> str | None:
+        """The first input stage whose run is not the one the output in `own_file` was trained from, if any."""
+        trained_from = None
+        if isinstance(record, Mapping) and record.get("run") == self.run_digest(stage.name):
+            trained_from = record.get("trained_from")
+        for name in self.input_stages(stage):
+            if isinstance(trained_from, Mapping) and name in trained_from:
+                if trained_from[name] != self.run_digest(name):
+                    return name
+                continue
+            try:  # no record: an input whose run finished after this output was written is newer than it
+                if (self.stage_dir(name) / RUN_FILE_NAME).stat().st_mtime_ns > own_file.stat().st_mtime_ns:
+                    return name
+            except OSError:
+                continue
+        return None
+
+    def leftovers(self) -> dict[str, str]:
+        """
+        Stage folders with a `<stage>.previous` beside them (an overwrite that was stopped part way), by stage, each
+        with what `alignkit run` does about it.
+        """
+        found = {}
+        for name in self.stages:
+            out = self.stage_dir(name)
+            previous = previous_dir(out)
+            if not previous.is_dir():
+                continue
+            if read_run(out) is not None:
+                found[name] = (f"{previous} is left over from an overwrite that finished ({out} holds the new run); "
+                               "`alignkit run` deletes it")
+            else:
+                found[name] = (f"{previous} holds the run {out} was replacing when it was stopped; `alignkit run` "
+                               f"finishes the stage and then deletes it. To keep the earlier run instead: "
+                               f"`rm -rf {out} && mv {previous} {out}`")
+        return found
 
 
     def stage_args(self, stage: Stage, action: str, config_file: Path) -> list[str]:
@@ -276,8 +454,27 @@ class Pipeline:
             settings["overwrite_output_dir"] = True
         if stage.num_processes > 1 and not has_gpu():
             settings["use_cpu"] = True  # without it, each process trains alone on the same folder (STACK-NOTES)
+        self.refuse_unfinished_inputs(stage, settings)
+        settings.pop("env", None)
+        for key in SECRET_KEYS:  # `stage_env` passes them; nothing secret is written to disk
+            settings.pop(key, None)
         config_file.write_text(yaml.safe_dump(settings, sort_keys=False), encoding="utf-8")
         return ["--config", str(config_file)]
+
+    def stage_env(self, stage: Stage) -> dict[str, str]:
+        """
+        Environment variables the stage runs with: its config file's `env:` block (which TRL would export) and its
+        Hub token (`hub_token` in a config or args, as HF_TOKEN), kept out of the config file `stage_args` writes.
+        """
+        settings = self.settings(stage)
+        env = settings.get("env") or {}
+        if not isinstance(env, Mapping):
+            raise self.error(stage.name, "`env` in its config file is not a mapping", "Write `env: {NAME: value}`")
+        env = {str(k): str(v) for k, v in env.items()}
+        for key, variable in SECRET_KEYS.items():
+            if settings.get(key):
+                env[variable] = str(settings[key])
+        return env
 
 
 # -------------------------------------------------------------------------------------------------- loading
@@ -295,6 +492,7 @@ def load_pipeline(path: str | Path, overrides: Mapping[str, Any] | Iterable[str]
     pipeline = Pipeline(path=path, stages={})  # for its error messages
     for key, value in _overrides(overrides, pipeline):
         _apply_override(raw, key, value, pipeline)
+        pipeline.overridden.add(key)
     for key in raw:
         if key not in PIPELINE_KEYS:
             raise pipeline.error(None, f"unknown key '{key}'{closest_hint(key, PIPELINE_KEYS)}", f"Use {', '.join(PIPELINE_KEYS)}")
@@ -310,6 +508,11 @@ def load_pipeline(path: str | Path, overrides: Mapping[str, Any] | Iterable[str]
         if key not in EVALUATION_KEYS:
             hint = closest_hint(key, EVALUATION_KEYS)
             raise pipeline.error(None, f"unknown key 'evaluation.{key}'{hint}", f"Use {', '.join(EVALUATION_KEYS)}")
+    if "prompts" in evaluation:
+        evaluation["prompts"] = pipeline.resolve_path(evaluation["prompts"], file=True, key="evaluation.prompts")
+    for stage in pipeline.stages.values():
+        stage.args = {key: pipeline.resolve_path(value, key in FILE_KEYS, key=f"{stage.name}.{key}") if key in PATH_KEYS else value
+                      for key, value in stage.args.items()}
     pipeline.evaluation = evaluation
     pipeline.output_dir = str(raw.get("output_dir") or "outputs")
     pipeline.base_model = None if raw.get("base_model") is None else str(raw["base_model"])
@@ -355,7 +558,15 @@ def _overrides(overrides, pipeline: Pipeline) -> list[tuple[str, Any]]:
         if not eq or not key:
             raise pipeline.error(None, f"--set {item}: expected KEY=VALUE", "Write e.g. `--set base_model=path/to/model`")
         # Typed as YAML would type it, except YAML 1.1's yes/no/on/off: `save_strategy=no` means the string.
-        typed = value if value.lower() in ("", "yes", "no", "on", "off", "y", "n") else yaml.safe_load(value)
+        try:
+            typed = value if value.lower() in ("", "yes", "no", "on", "off", "y", "n") else yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            problem = str(getattr(e, "problem", None) or e).splitlines()[0]
+            raise pipeline.error(
+                None, f"--set {item}: {value!r} is not a valid value ({problem})",
+                "Write it as in YAML: a number, true/false, a [list] or {mapping} closed on the same value, "
+                f"or a string in quotes (e.g. `--set '{key}=\"{value}\"'`)",
+            ) from None
         pairs.append((key, typed))
     return pairs
 
@@ -380,6 +591,29 @@ def _apply_override(raw: dict, key: str, value: Any, pipeline: Pipeline) -> None
 # --------------------------------------------------------------------------------------------------- helpers
 
 
+def unfinished_run(folder: str | Path) -> str | None:
+    """
+    Why `folder` holds an alignkit run that did not finish (words to follow the folder's name), or None: no folder,
+    a finished run, or a model folder that no alignkit run wrote. A run is finished once `alignkit_run.json` is
+    written; a folder without it that has the run's saved config, checkpoints but no model, or a `.previous` beside it
+    (an overwrite) was left by a run that was stopped, and its weights (if any) are not the run's result.
+    """
+    path = Path(folder)
+    try:
+        if not path.is_dir() or read_run(path) is not None:
+            return None
+    except (OSError, ValueError):
+        return None
+    previous = previous_dir(path)
+    model = any((path / name).is_file() for name in ("config.json", "adapter_config.json"))
+    if not (previous.is_dir() or (path / CONFIG_FILE_NAME).is_file() or (not model and any(path.glob("checkpoint-*")))):
+        return None
+    checkpoints = complete_checkpoints(path)
+    detail = (f"the run it was replacing is in {previous}" if previous.is_dir() else
+              f"its last complete checkpoint is {checkpoints[-1].name}" if checkpoints else "it was stopped before it finished")
+    return f"{folder} holds an unfinished run (no {RUN_FILE_NAME}; {detail})"
+
+
 def stage_keys(recipe: str) -> set[str]:
     """Every key `recipe`'s config accepts (from the shipped key list; the full parser's for other versions)."""
     keys = stages.known_keys(recipe)
@@ -396,6 +630,13 @@ def import_function(spec: str, pipeline: Pipeline, what: str):
         return getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError) as e:
         raise pipeline.error(None, f"{what} {spec} cannot be imported ({e})", "Fix the `module:function` name") from None
+
+
+def _exists(path: Path, file: bool = False) -> bool:
+    try:
+        return path.is_file() if file else path.exists()
+    except OSError:  # a name too long to be a path: a Hub id or free text
+        return False
 
 
 def _strings(value) -> list[str]:

@@ -11,8 +11,11 @@ rewritten, and at the end the report's table is printed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -25,7 +28,7 @@ from typing import Any
 import alignkit.recipes
 from alignkit import preflight
 from alignkit.errors import AlignkitError
-from alignkit.outputs import complete_checkpoints
+from alignkit.outputs import complete_checkpoints, previous_dir, read_run
 from alignkit.pipeline import Pipeline, Stage, has_gpu, load_pipeline
 
 # The ML stack (config, report, model cards) is imported only once the pipeline file checked out: a mistake in the
@@ -33,33 +36,71 @@ from alignkit.pipeline import Pipeline, Stage, has_gpu, load_pipeline
 
 
 def run_stage(pipeline: Pipeline, stage: Stage, action: str) -> None:
-    """Run one stage's recipe (in this process, or under `accelerate launch` for `num_processes` > 1)."""
+    """
+    Run one stage's recipe (in this process, or under `accelerate launch` for `num_processes` > 1). Its settings go
+    to the recipe in a temporary config file, all but the secret ones: its Hub token reaches it as HF_TOKEN in its
+    environment (`Pipeline.stage_env`), so no file ever holds it.
+    """
     with tempfile.TemporaryDirectory(prefix="alignkit-") as tmp:
-        args = pipeline.stage_args(stage, action, Path(tmp) / f"{stage.name}.yaml")
         try:
-            preflight.check(stage.recipe, args)
-            if stage.num_processes > 1:
-                launch(pipeline, stage, args)
-            else:
-                from alignkit.config import parse_args, stage_dataclasses
+            env = pipeline.stage_env(stage)
+            args = pipeline.stage_args(stage, action, Path(tmp) / f"{stage.name}.yaml")
+            with environment(env):
+                preflight.check(stage.recipe, args)
+                if stage.num_processes > 1:
+                    launch(pipeline, stage, args, env)
+                else:
+                    from alignkit.config import parse_args, stage_dataclasses
 
-                recipe = importlib.import_module(stage.spec.recipe_module)
-                recipe.main(*parse_args(stage_dataclasses(stage.recipe), args))
+                    recipe = importlib.import_module(stage.spec.recipe_module)
+                    recipe.main(*parse_args(stage_dataclasses(stage.recipe), args))
         except AlignkitError as e:
-            raise type(e)(f"{pipeline.path}: stage '{stage.name}': {e}") from None
+            message = str(e)
+            prefix = f"{pipeline.path}: stage '{stage.name}': "
+            raise type(e)(message if message.startswith(prefix) else prefix + message) from None
 
 
-def launch(pipeline: Pipeline, stage: Stage, args: list[str]) -> None:
-    """The stage's recipe under `accelerate launch --multi_gpu` (on CPU too: gloo DDP with `use_cpu`)."""
+@contextlib.contextmanager
+def environment(values: dict[str, str]):
+    """`os.environ` with `values` set for the duration of the block, then as it was."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def launch(pipeline: Pipeline, stage: Stage, args: list[str], env: dict[str, str] | None = None) -> None:
+    """
+    The stage's recipe under `accelerate launch --multi_gpu` (on CPU too: gloo DDP with `use_cpu`), with `env` added
+    to its environment. On Ctrl-C the processes are given time to put back an earlier run they were replacing.
+    """
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
                "--num_processes", str(stage.num_processes), "--main_process_port", str(free_port())]
     if stage.accelerate_config is not None:
         command += ["--config_file", str(pipeline.accelerate_config_path(stage))]
     command += [str(Path(alignkit.recipes.__file__).parent / f"{stage.recipe}.py"), *args]
-    env = dict(os.environ)
+    env = {**os.environ, **(env or {})}
     if not has_gpu():
         env["ACCELERATE_USE_CPU"] = "true"
-    code = subprocess.run(command, env=env).returncode
+    process = subprocess.Popen(command, env=env)
+    try:
+        code = process.wait()
+    except KeyboardInterrupt:
+        # A Ctrl-C at the terminal reached the stage's processes too; a signal to this process alone is passed on.
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        raise
     if code != 0:
         raise AlignkitError(f"`accelerate launch` exited with code {code}; the stage's own error is printed above.")
 
@@ -104,10 +145,13 @@ def run_pipeline(
     rows = report.load_rows(pipeline.output_dir)  # earlier runs' evaluations, reused for unchanged stages
     for name, stage in pipeline.stages.items():
         action = actions[name]
-        print(f"[alignkit run] {name}: {_describe(action, pipeline.stage_dir(name))}", flush=True)
+        print(f"[alignkit run] {name}: {_describe(action, pipeline.stage_dir(name), pipeline.why.get(name))}", flush=True)
+        _resolve_previous(pipeline, name)
         began = time.time()
         if action != "skip":
             run_stage(pipeline, stage, action)
+        pipeline.record_trained(stage)  # what it was trained from: a later run retrains it when that changes
+        _resolve_previous(pipeline, name)
         seconds = None if action == "skip" else round(time.time() - began, 1)
         rows[name] = report.stage_row(pipeline, stage, action, seconds, evaluator, rows.get(name))
         result = report.write_report(pipeline, rows, time.time() - start, evaluator.judge_columns)
@@ -119,9 +163,27 @@ def run_pipeline(
     return result
 
 
-def _describe(action: str, output: Path) -> str:
+def _resolve_previous(pipeline: Pipeline, name: str) -> None:
+    """
+    A `<stage>.previous` left by an overwrite that was stopped: deleted once the stage holds a finished run (the
+    run it kept was replaced), else kept, saying how to restore it.
+    """
+    out = pipeline.stage_dir(name)
+    previous = previous_dir(out)
+    if not previous.is_dir():
+        return
+    if read_run(out) is not None:
+        shutil.rmtree(previous)
+        print(f"[alignkit run] {name}: removed {previous}, the run that {out}'s finished run replaced", flush=True)
+    else:
+        print(f"[alignkit run] {name}: {pipeline.leftovers()[name]}", flush=True)
+
+
+def _describe(action: str, output: Path, why: str | None = None) -> str:
     if action == "resume":
         return f"resuming from {complete_checkpoints(output)[-1].name}"
+    if action == "rerun" and why:
+        return f"training again ({why})"
     return {"skip": f"already finished in {output}, skipped", "start": "training", "rerun": "training again"}[action]
 
 

@@ -410,3 +410,31 @@ def test_adapters_on_a_hub_model_name_it_by_hub_id_through_later_stages(hub_cach
     assert json.loads((dpo / "alignkit_run.json").read_text())["lineage"]["base_model"] == hub_cached_base
     merged = export.merge(dpo, tmp_path / "merged")
     assert (merged / "model.safetensors").is_file()
+
+
+# ------------------------------------------------------------------------------ merge: the refusal, followed
+
+
+def test_merge_refusing_an_output_dir_suggests_a_flag_that_works_as_written(sft_lora, tmp_path, capsys):
+    from transformers import AutoModelForCausalLM
+
+    target = tmp_path / "target"
+    shutil.copytree(sft_lora, target, ignore=shutil.ignore_patterns("checkpoint-*"))  # a finished adapter run
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["merge", str(sft_lora), "--output_dir", str(target)])
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and err == (
+        f"alignkit: error: output_dir {target} already holds a finished run. Pass `--overwrite_output_dir true` to "
+        "replace it, or choose another output_dir."
+    )
+    assert (target / "adapter_config.json").is_file()  # untouched
+    suggested = err.split("`")[1].split()  # ["--overwrite_output_dir", "true"], as the stage commands take it
+    cli.main(["merge", str(sft_lora), "--output_dir", str(target), *suggested])
+    # The run it replaced is gone whole: no adapter file of it is left to make the folder look like an adapter.
+    assert "adapter_config.json" not in files_in(target) and (target / "model.safetensors").is_file()
+    assert json.loads((target / "alignkit_run.json").read_text())["merged_from"] == str(sft_lora)
+    AutoModelForCausalLM.from_pretrained(target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["target"]  # no .previous or .merging left
+    with pytest.raises(SystemExit):  # `false` means false
+        cli.main(["merge", str(sft_lora), "--output_dir", str(target), "--overwrite_output_dir", "false"])
+    cli.main(["merge", str(sft_lora), "--output_dir", str(target), "--overwrite_output_dir"])  # the bare flag still works
