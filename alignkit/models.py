@@ -22,6 +22,7 @@ from trl import ModelConfig, get_peft_config, get_quantization_config
 from trl.trainer.reward_trainer import suppress_seqcls_warning
 
 from alignkit.errors import ModelError
+from alignkit.outputs import refuse_unfinished
 
 DEFAULT_CHAT_TEMPLATE = Path(__file__).parent / "templates" / "chat_template.jinja"
 
@@ -191,6 +192,7 @@ def load_model(
     is again one adapter on the original base; without, the adapter is merged into the weights.
     """
     name = model_args.model_name_or_path
+    refuse_unfinished(name)
     base = adapter_base(name)
     for folder in (name, base):
         if folder is not None:

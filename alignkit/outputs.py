@@ -49,6 +49,37 @@ def read_saved_config(output_dir: str | Path) -> dict[str, Any]:
     return (yaml.safe_load(path.read_text(encoding="utf-8")) or {}) if path.is_file() else {}
 
 
+def unfinished_run(folder: str | Path) -> str | None:
+    """
+    Why `folder` holds an alignkit run that did not finish (words to follow the folder's name), or None: no folder,
+    a finished run, or a model folder that no alignkit run wrote. A run is finished once `alignkit_run.json` is
+    written; a folder without it that has the run's saved config, checkpoints but no model, or a `.previous` beside it
+    (an overwrite) was left by a run that was stopped, and its weights (if any) are not the run's result.
+    """
+    path = Path(folder)
+    try:
+        if not path.is_dir() or read_run(path) is not None:
+            return None
+    except (OSError, ValueError):
+        return None
+    previous = previous_dir(path)
+    model = any((path / name).is_file() for name in ("config.json", "adapter_config.json"))
+    if not (previous.is_dir() or (path / CONFIG_FILE_NAME).is_file() or (not model and any(path.glob("checkpoint-*")))):
+        return None
+    checkpoints = complete_checkpoints(path)
+    detail = (f"the run it was replacing is in {previous}" if previous.is_dir() else
+              f"its last complete checkpoint is {checkpoints[-1].name}" if checkpoints else "it was stopped before it finished")
+    return f"{folder} holds an unfinished run (no {RUN_FILE_NAME}; {detail})"
+
+
+def refuse_unfinished(folder: str | Path, key: str = "model_name_or_path") -> None:
+    """A stage must not start from a run that did not finish: its weights are not that run's result."""
+    if (why := unfinished_run(folder)) is not None:
+        raise OutputDirError(
+            f"{key}: {why}. Finish that run (rerun it with `--resume_from_checkpoint true`) or point at a finished run's folder."
+        )
+
+
 def prepare_output_dir(output_dir: str, overwrite: bool = False, resume: bool | str | None = None) -> None:
     """
     Refuse to train into a folder that holds an earlier run unless the user asked to overwrite or resume it.

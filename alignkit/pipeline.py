@@ -36,11 +36,11 @@ from alignkit import stages
 from alignkit.configfile import closest_hint, load_yaml
 from alignkit.errors import ConfigError
 from alignkit.outputs import (
-    CONFIG_FILE_NAME,
     RUN_FILE_NAME,
     complete_checkpoints,
     previous_dir,
     read_run,
+    unfinished_run,
     write_json_atomic,
 )
 
@@ -589,29 +589,6 @@ def _apply_override(raw: dict, key: str, value: Any, pipeline: Pipeline) -> None
 
 
 # --------------------------------------------------------------------------------------------------- helpers
-
-
-def unfinished_run(folder: str | Path) -> str | None:
-    """
-    Why `folder` holds an alignkit run that did not finish (words to follow the folder's name), or None: no folder,
-    a finished run, or a model folder that no alignkit run wrote. A run is finished once `alignkit_run.json` is
-    written; a folder without it that has the run's saved config, checkpoints but no model, or a `.previous` beside it
-    (an overwrite) was left by a run that was stopped, and its weights (if any) are not the run's result.
-    """
-    path = Path(folder)
-    try:
-        if not path.is_dir() or read_run(path) is not None:
-            return None
-    except (OSError, ValueError):
-        return None
-    previous = previous_dir(path)
-    model = any((path / name).is_file() for name in ("config.json", "adapter_config.json"))
-    if not (previous.is_dir() or (path / CONFIG_FILE_NAME).is_file() or (not model and any(path.glob("checkpoint-*")))):
-        return None
-    checkpoints = complete_checkpoints(path)
-    detail = (f"the run it was replacing is in {previous}" if previous.is_dir() else
-              f"its last complete checkpoint is {checkpoints[-1].name}" if checkpoints else "it was stopped before it finished")
-    return f"{folder} holds an unfinished run (no {RUN_FILE_NAME}; {detail})"
 
 
 def stage_keys(recipe: str) -> set[str]:

@@ -15,6 +15,7 @@ from types import SimpleNamespace
 from alignkit import stages
 from alignkit.configfile import cli_values, closest_hint, load_yaml, split_config_arg
 from alignkit.errors import ConfigError
+from alignkit.outputs import refuse_unfinished
 
 
 def check(stage: str, args: list[str]) -> None:
@@ -37,6 +38,9 @@ def check(stage: str, args: list[str]) -> None:
     for key in spec.required:
         if not settings.get(key):
             raise ConfigError(f"{path or 'command line'}: {required_message(spec, key)}")
+    for role in spec.inputs:  # an earlier run that did not finish is no model to start from
+        if settings.get(stages.INPUT_KEYS[role]):
+            refuse_unfinished(str(settings[stages.INPUT_KEYS[role]]), stages.INPUT_KEYS[role])
     name = settings.get("dataset_name")
     if name and Path(str(name)).expanduser().exists():  # Hub data waits for the full run
         from alignkit import data  # `datasets` imports in under a second

@@ -35,6 +35,8 @@ def check_pipeline(
         plan = {}
     names = list(pipe.stages)
     report.add("pipeline", f"{path}: stages {', '.join(names)}; output_dir {pipe.output_dir}")
+    for note in pipe.leftovers().values():  # an overwrite stopped part way: what `alignkit run` will do about it
+        report.add("leftover", note)
 
     def resolve(value):
         try:

@@ -221,6 +221,12 @@ def _check_model(key: str, value, inputs: StageInputs, report: Report):
         return None, None
     name = str(name)
     source = name
+    if key not in inputs.pending:
+        try:  # a run that did not finish is no model to start from
+            outputs.refuse_unfinished(name, key)
+        except AlignkitError as e:
+            report.problem(e)
+            return None, None
     if key in inputs.pending:
         source = inputs.tokenizer_from.get(key)
         if source is None:

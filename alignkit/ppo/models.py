@@ -31,7 +31,7 @@ from transformers.integrations import is_deepspeed_zero3_enabled
 
 from alignkit.errors import ModelError
 from alignkit.models import adapter_base, adapter_config, check_reward_folder, check_weight_files, load_error
-from alignkit.outputs import read_run
+from alignkit.outputs import read_run, refuse_unfinished
 
 POLICY, REF, REWARD, VALUE = "default", "ref", "reward", "value"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -308,6 +308,9 @@ def load_ppo_models(
         quantization_config: a `BitsAndBytesConfig` to load the base(s) in 4/8 bit (LoRA mode only).
         value_path: where the value model starts; defaults to `reward_path`.
     """
+    for key, folder in (("model_name_or_path", policy_path), ("reward_model_path", reward_path), ("value_model_path", value_path)):
+        if folder is not None:
+            refuse_unfinished(folder, key)
     if reward_path is not None and Path(reward_path).is_dir():  # a causal LM here would score with a random head
         try:
             check_reward_folder(reward_path)

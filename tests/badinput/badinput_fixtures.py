@@ -97,6 +97,13 @@ def bad_models(tmp_path_factory, tiny_base, world) -> dict[str, Path]:
     (damaged / "model.safetensors").write_bytes(b"\xff" * 64)
     models["damaged_weights"] = damaged
 
+    # A stage output whose run was killed: its saved config and a checkpoint, weights, but no alignkit_run.json.
+    unfinished = shutil.copytree(tiny_base, root / "unfinished_sft")
+    (unfinished / "alignkit_config.yaml").write_text("learning_rate: 0.001\n")
+    (unfinished / "checkpoint-1").mkdir()
+    (unfinished / "checkpoint-1" / "trainer_state.json").write_text("{}")
+    models["unfinished_sft"] = unfinished
+
     models["empty_folder"] = root / "empty_folder"
     models["empty_folder"].mkdir()
     return models

@@ -178,6 +178,10 @@ CASES = [
     Case("safetensors-damaged", "dpo", r"model\.safetensors is not a readable safetensors file \(damaged\)", model="damaged_weights"),
     Case("reward-model-is-a-causal-lm", "ppo", r"reward_model_path: .* holds no reward model but a causal LM: it has no trained "
          r"score head", reward_model="base"),
+    Case("model-is-an-unfinished-run", "dpo", r"model_name_or_path: .*unfinished_sft holds an unfinished run \(no alignkit_run\.json; "
+         r"its last complete checkpoint is checkpoint-1\)\. Finish that run", model="unfinished_sft"),
+    Case("reward-model-is-an-unfinished-run", "ppo", r"reward_model_path: .*unfinished_sft holds an unfinished run",
+         reward_model="unfinished_sft"),
     Case("resume-from-missing-checkpoint", "sft", r"resume_from_checkpoint: .*checkpoint-9 does not exist",
          {"resume_from_checkpoint": "/nonexistent/checkpoint-9"}),
 ]

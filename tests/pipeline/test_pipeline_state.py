@@ -11,7 +11,8 @@ import yaml
 from conftest import REPO
 
 from alignkit.errors import ConfigError
-from alignkit.pipeline import STATE_FILE, load_pipeline, unfinished_run
+from alignkit.outputs import unfinished_run
+from alignkit.pipeline import STATE_FILE, load_pipeline
 from alignkit.runner import _resolve_previous
 
 DEMO = REPO / "recipes" / "demo"
