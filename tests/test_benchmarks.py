@@ -30,3 +30,22 @@ def test_the_memory_estimate_is_within_25_percent_of_the_measured_peak_at_the_ti
     rows = memory_estimate.main(["--sizes", "tiny", "--stages", "sft,reward", "--steps", "1"])
     assert [r["stage"] for r in rows] == ["sft", "reward"]
     assert all(0.75 <= r["ratio"] <= 1.25 for r in rows), rows
+
+
+def test_overhead_benchmark_runs_one_alternated_pair_and_writes_positive_ratios(tmp_path):
+    import math
+
+    out = tmp_path / "overhead.json"
+    cmd = [sys.executable, "benchmarks/overhead.py", "--runs", "1", "--warmup", "0", "--stages", "sft", "--steps", "3",
+           "--threads", "1", "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    for key in ("sft_step_ratio", "startup_ratio", "sft_startup_ratio", "sft_peak_rss_ratio"):
+        assert isinstance(result[key], float) and math.isfinite(result[key]) and result[key] > 0, (key, result[key])
+    sft = result["stages"]["sft"]
+    assert sft["runs"] == 1
+    for side in ("trl", "alignkit"):  # both sides ran every step and were measured
+        assert sft[side]["startup_s"] > sft[side]["first_step_s"] > 0 and sft[side]["step_s"] > 0
+        assert sft[side]["peak_rss_mib"] > 0
+    assert "alignkit / TRL" in proc.stdout
