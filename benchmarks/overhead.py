@@ -12,8 +12,9 @@ it), built once in the work folder; the data are demo-world conversations (SFT `
 (`prompt`/`chosen`/`rejected`); LoRA on all linear layers, fp32 on CPU, no checkpoints, no evaluation,
 `logging_steps: 1`, tqdm off. Both sides train on the same rows in the same order (the losses match).
 
-Runs alternate — trl, alignkit, trl, alignkit, ... — in rounds of one pair per stage, after `--warmup` unrecorded
-rounds; each run has its own `HF_DATASETS_CACHE`, so neither reuses the other's Arrow files or tokenisation.
+Runs alternate between the sides in rounds of one pair per stage (trl first in even rounds, alignkit first in odd
+ones, so a load that grows or fades favours neither), after `--warmup` unrecorded rounds; each run has its own
+`HF_DATASETS_CACHE`, so neither reuses the other's Arrow files or tokenisation.
 A `sitecustomize.py` on each child's PYTHONPATH measures it without changing either program: as
 `transformers.trainer` is imported it wraps `Trainer.__init__` to add a callback that stamps every `on_step_end`.
 - startup: the parent's launch timestamp to the end of the first optimiser step;
@@ -23,7 +24,9 @@ A `sitecustomize.py` on each child's PYTHONPATH measures it without changing eit
 - the same start-up and step in the child's CPU time (`*_cpu_*`), which other jobs on a shared machine disturb less;
 - where start-up goes (`to_trainer_init_s`, `trainer_init_s`, `to_train_begin_s`, `first_step_s`) and `total_s`.
 Each ratio is alignkit ÷ TRL: the median, over the alternated pairs, of the pair's ratio (`pair_ratios` holds them
-all). `startup_ratio` pools the pairs of every stage.
+all). `startup_ratio` pools the pairs of every stage. On a machine shared with other jobs one pair can be off by
+20% either way, so `*_floor_ratio` adds the least-disturbed view: both sides train on the same batches in the same
+order, so step k is the same work in every run; the fastest run of each step, and the fastest start-up, per side.
 
 What each side does before step 1: TRL's script parses the YAML, loads the data set and hands the model's path to
 the trainer, which loads model and tokenizer, adds LoRA and tokenises. alignkit also checks keys and data before
@@ -302,9 +305,11 @@ def run_once(side: str, stage: str, work: Path, paths: dict, steps: int, threads
         raise RuntimeError(f"{side} {stage}: {len(stamps)} optimiser steps recorded, expected {steps}")
     launch = marks["launch"]
 
+    def intervals(times):
+        return [b - a for a, b in zip(times, times[1:])]
+
     def steady(times):  # the median interval between optimiser steps, the first few left out
-        intervals = [b - a for a, b in zip(times, times[1:])]
-        return statistics.median(intervals[min(SKIP_STEPS, len(intervals) - 1) :])
+        return statistics.median(intervals(times)[steady_from(steps - 1) :])
 
     def since(a, b):
         return marks[b] - marks[a] if a in marks and b in marks else None
@@ -324,7 +329,22 @@ def run_once(side: str, stage: str, work: Path, paths: dict, steps: int, threads
         "first_step_s": stamps[0] - marks["train_begin"] if "train_begin" in marks else None,
         "after_train_s": since("train_end", "exit"),
         "rss_train_end_mib": (marks.get("vmhwm_train_end_kib") or 0) / 1024,
+        "intervals_s": intervals(stamps),
+        "cpu_intervals_s": intervals(data["cpu_steps"]),
     }
+
+
+def steady_from(n_intervals: int) -> int:
+    return min(SKIP_STEPS, n_intervals - 1)
+
+
+def floor_step(runs: list[dict], key: str) -> float:
+    """
+    Both sides train on the same batches in the same order, so interval k is the same work in every run of a stage:
+    the fastest of the runs at each k is that step least disturbed by other jobs; this is their median.
+    """
+    n = min(len(r[key]) for r in runs)
+    return statistics.median(min(r[key][k] for r in runs) for k in range(steady_from(n), n))
 
 
 # ------------------------------------------------------------------------------------------------------- summary
@@ -340,7 +360,7 @@ def summarise(results: dict, stages) -> dict:
         trl, ak = results[stage]["trl"], results[stage]["alignkit"]
         pairs = list(zip(trl, ak))
         entry = {"runs": len(pairs), "trl": {}, "alignkit": {}}
-        for key in trl[0]:
+        for key in (k for k, v in trl[0].items() if not isinstance(v, list)):
             entry["trl"][key] = median([r[key] for r in trl])
             entry["alignkit"][key] = median([r[key] for r in ak])
         for name, key in (("step", "step_s"), ("startup", "startup_s"), ("peak_rss", "peak_rss_mib"), ("total", "total_s"),
@@ -349,6 +369,10 @@ def summarise(results: dict, stages) -> dict:
             entry[f"{name}_ratio"] = median(ratios)
             entry.setdefault("pair_ratios", {})[name] = ratios  # the spread behind each median
             entry[f"{name}_ratio_of_medians"] = entry["alignkit"][key] / entry["trl"][key]
+        # Least-disturbed figures (a robustness check on a shared machine, not the medians asked for).
+        for name, key in (("step_floor", "intervals_s"), ("step_cpu_floor", "cpu_intervals_s")):
+            entry[f"{name}_ratio"] = floor_step(ak, key) / floor_step(trl, key)
+        entry["startup_floor_ratio"] = min(r["startup_s"] for r in ak) / min(r["startup_s"] for r in trl)
         pooled_startup += [a["startup_s"] / t["startup_s"] for t, a in pairs]
         pooled_startup_cpu += [a["startup_cpu_s"] / t["startup_cpu_s"] for t, a in pairs]
         entry["all"] = {"trl": trl, "alignkit": ak}
@@ -360,6 +384,8 @@ def summarise(results: dict, stages) -> dict:
     # The same in CPU time: what each side computes, whatever else the machine was running meanwhile.
     summary.update({f"{stage}_step_cpu_ratio": out[stage]["step_cpu_ratio"] for stage in stages})
     summary["startup_cpu_ratio"] = median(pooled_startup_cpu)
+    summary.update({f"{stage}_step_floor_ratio": out[stage]["step_floor_ratio"] for stage in stages})
+    summary.update({f"{stage}_startup_floor_ratio": out[stage]["startup_floor_ratio"] for stage in stages})
     return {**summary, "stages": out}
 
 
@@ -378,6 +404,8 @@ def print_table(summary: dict, stages) -> None:
     cpu = ", ".join(f"{s} {summary[f'{s}_step_cpu_ratio']:.3f}" for s in stages)
     print(f"alignkit / TRL, medians of {summary['stages'][stages[0]]['runs']} alternated pairs: step {steps}; "
           f"startup {summary['startup_ratio']:.3f} (CPU time: step {cpu}; startup {summary['startup_cpu_ratio']:.3f})")
+    floor = ", ".join(f"{s} {summary[f'{s}_step_floor_ratio']:.3f}/{summary[f'{s}_startup_floor_ratio']:.3f}" for s in stages)
+    print(f"least disturbed of the runs (fastest run of each step / fastest start-up): {floor}")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -411,7 +439,8 @@ def main(argv: list[str] | None = None) -> dict:
         # Rounds of one pair per stage, so that a stretch of load from other jobs falls on every stage alike.
         for i in range(opts.warmup + opts.runs):
             for stage in stages:
-                for side in ("trl", "alignkit"):
+                # Each pair's order alternates too, so a load that grows or fades favours neither side.
+                for side in ("trl", "alignkit") if i % 2 == 0 else ("alignkit", "trl"):
                     r = run_once(side, stage, work, paths, opts.steps, opts.threads, cpu, str(i))
                     if i >= opts.warmup:
                         results[stage][side].append(r)
