@@ -1,6 +1,6 @@
 """alignkit's overhead over plain TRL: `alignkit <stage>` beside a plain TRL script, same model, data and settings.
 
-    python benchmarks/overhead.py [--runs 5] [--stages sft,reward,dpo] [--steps 30] [--threads 1] [--out F.json]
+    python benchmarks/overhead.py [--runs 5] [--stages sft,reward,dpo] [--steps 30] [--rows N] [--threads 1] [--out F.json]
 
 Every run is a fresh subprocess, so start-up is real: `python -m alignkit <stage> --config alignkit.yaml` against
 `python trl_<stage>.py --config trl.yaml`, a plain-TRL script written here the way TRL's own `trl/scripts/*.py` are
@@ -416,6 +416,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=30, help="optimiser steps per run")
     parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")),
                         help="torch threads per child (OMP_NUM_THREADS; default: yours, else 1)")
+    parser.add_argument("--rows", type=int, help="rows per data set (default: enough for --steps, 8 a step); "
+                        "start-up work on the data grows with it, training does not")
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--work", help="work folder (default: a new temporary one, deleted afterwards)")
@@ -434,7 +436,8 @@ def main(argv: list[str] | None = None) -> dict:
     work = Path(opts.work) if opts.work else Path(tempfile.mkdtemp(prefix="overhead_"))
     work.mkdir(parents=True, exist_ok=True)
     try:
-        paths = build(work, opts.hidden, opts.layers, rows=max(64, opts.steps * 8))
+        rows = opts.rows or max(64, opts.steps * 8)
+        paths = build(work, opts.hidden, opts.layers, rows)
         results = {stage: {"trl": [], "alignkit": []} for stage in stages}
         # Rounds of one pair per stage, so that a stretch of load from other jobs falls on every stage alike.
         for i in range(opts.warmup + opts.runs):
@@ -449,7 +452,7 @@ def main(argv: list[str] | None = None) -> dict:
                           flush=True)
         summary = summarise(results, stages)
         summary["settings"] = {"runs": opts.runs, "warmup": opts.warmup, "steps": opts.steps, "threads": opts.threads,
-                               "hidden": opts.hidden, "layers": opts.layers, "skip_steps": SKIP_STEPS,
+                               "hidden": opts.hidden, "layers": opts.layers, "rows": rows, "skip_steps": SKIP_STEPS,
                                "config": {s: settings(s, Path("MODEL"), Path("DATA"), Path("OUT"), opts.steps, cpu)
                                           for s in stages}, "alignkit_only": ALIGNKIT_ONLY}
     finally:
