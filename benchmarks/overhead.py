@@ -134,7 +134,7 @@ import time
 _out = os.environ.get("OVERHEAD_TIMINGS")
 marks = {"launch": float(os.environ.get("OVERHEAD_LAUNCH", "nan")), "interpreter": time.time()}
 steps = []  # wall time at the end of each optimiser step
-cpu_steps = []  # this process's CPU time (user + system, every thread) then: immune to other jobs taking turns
+cpu_steps = []  # this process's CPU time then (user + system, every thread): less disturbed by other jobs
 
 
 def _vmhwm_kib():
