@@ -76,3 +76,22 @@ def test_the_dpo_benchmark_scores_both_trainers_implicit_rewards_on_every_held_o
     assert all(results[f"{n}_chosen_reward"] != 0 for n in ("alignkit", "trl"))  # the adapters moved off the reference
     assert all(results[f"{n}_wall_s"] > 0 for n in ("alignkit", "trl"))
     assert results["settings"]["beta"] == 0.1 and results["settings"]["truncation_mode"] == "keep_end"
+
+
+def test_overhead_benchmark_runs_one_alternated_pair_and_writes_positive_ratios(tmp_path):
+    import math
+
+    out = tmp_path / "overhead.json"
+    cmd = [sys.executable, "benchmarks/overhead.py", "--runs", "1", "--warmup", "0", "--stages", "sft", "--steps", "3",
+           "--threads", "1", "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    for key in ("sft_step_ratio", "startup_ratio", "sft_startup_ratio", "sft_peak_rss_ratio"):
+        assert isinstance(result[key], float) and math.isfinite(result[key]) and result[key] > 0, (key, result[key])
+    sft = result["stages"]["sft"]
+    assert sft["runs"] == 1
+    for side in ("trl", "alignkit"):  # both sides ran every step and were measured
+        assert sft[side]["startup_s"] > sft[side]["first_step_s"] > 0 and sft[side]["step_s"] > 0
+        assert sft[side]["peak_rss_mib"] > 0
+    assert "alignkit / TRL" in proc.stdout
