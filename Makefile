@@ -34,6 +34,8 @@ test-slow: $(VENV)/.installed-dev
 
 bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/reward_hh.py
+	$(BIN)/python benchmarks/dpo_hh.py
+	$(BIN)/python benchmarks/overhead.py
 	$(BIN)/python benchmarks/ppo_vs_trl112.py
 
 clean:
