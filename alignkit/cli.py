@@ -24,7 +24,7 @@ import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
-from alignkit import preflight, stages
+from alignkit import outputs, preflight, stages
 from alignkit.errors import AlignkitError
 
 
@@ -83,8 +83,10 @@ def run_recipe(stage: str, args: list[str] | None = None, main: Callable | None 
         try:
             return main(*parsed)
         except AlignkitError:
-            # The trainer creates output_dir as it starts; a run refused after that leaves no empty folder behind.
-            if not existed and output_dir.is_dir() and not any(output_dir.iterdir()):
+            # The trainer creates output_dir as it starts; a run refused after that leaves no empty folder behind
+            # (unless another, live run holds the folder: it may have just created it).
+            if (not existed and output_dir.is_dir() and not any(output_dir.iterdir())
+                    and outputs.output_dir_holder(output_dir) is None):
                 with contextlib.suppress(OSError):  # another process of the run removed it first
                     output_dir.rmdir()
             raise

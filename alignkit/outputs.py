@@ -3,13 +3,23 @@ earlier run from being overwritten. Imports no other alignkit module but `errors
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import json
 import logging
 import os
 import re
 import shutil
+import sys
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; runs are not guarded against each other there
+    fcntl = None
 
 import yaml
 
@@ -38,9 +48,41 @@ def _holds_run(path: Path) -> bool:
 
 
 def read_run(output_dir: str | Path) -> dict[str, Any] | None:
-    """The record of a finished run in `output_dir`, or None when it holds no finished run."""
+    """
+    The record of a finished run in `output_dir`, or None when it holds no finished run. While this process is
+    finishing the run there (`finish_run`), the record it is about to write: what is written from the record (the
+    model card) lands before the record itself, which marks the run finished.
+    """
+    finishing = _FINISHING.get(_key(output_dir))
+    if finishing is not None:
+        return json.loads(finishing)
     path = Path(output_dir) / RUN_FILE_NAME
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+_FINISHING: dict[str, str] = {}  # output folder -> the JSON of the record this process is about to write there
+
+
+def _key(output_dir: str | Path) -> str:
+    return os.path.realpath(output_dir)
+
+
+def finish_run(output_dir: str | Path, record: dict[str, Any], write_from_record: Iterable[Callable[[], Any]] = ()) -> None:
+    """
+    Mark the run in `output_dir` finished by writing its record (`alignkit_run.json`), last and atomically. Each of
+    `write_from_record` runs first, seeing the record through `read_run` as if it were written (the model card is
+    made from it), so a kill at any moment leaves either a run marked finished with everything it promises, or no
+    mark. Main process only.
+    """
+    text = json.dumps(record, indent=2)  # refuses what JSON cannot hold before anything is written
+    key = _key(output_dir)
+    _FINISHING[key] = text
+    try:
+        for write in write_from_record:
+            write()
+    finally:
+        _FINISHING.pop(key, None)
+    _write_text_atomic(Path(output_dir) / RUN_FILE_NAME, text)
 
 
 def read_saved_config(output_dir: str | Path) -> dict[str, Any]:
@@ -80,12 +122,26 @@ def refuse_unfinished(folder: str | Path, key: str = "model_name_or_path") -> No
         )
 
 
-def prepare_output_dir(output_dir: str, overwrite: bool = False, resume: bool | str | None = None) -> None:
+def prepare_output_dir(
+    output_dir: str, overwrite: bool = False, resume: bool | str | None = None, lock: bool = True
+) -> None:
     """
-    Refuse to train into a folder that holds an earlier run unless the user asked to overwrite or resume it.
-    Checked before any model is loaded; writes nothing. An earlier run that `overwrite` replaces is only set aside
-    when training starts (`train_and_save`), and only deleted once the new run has finished.
+    Refuse to train into a folder that another live run holds, or that holds an earlier run unless the user asked to
+    overwrite or resume it. Checked before any model is loaded; writes nothing into `output_dir`. With `lock` (a run,
+    not `alignkit check`), the main process takes the folder's lock (`lock_output_dir`) first, and keeps it for the
+    run's life (`train_and_save` releases it). An earlier run that `overwrite` replaces is only set aside when
+    training starts (`train_and_save`), and only deleted once the new run has finished.
     """
+    taken = lock_output_dir(output_dir) if lock else False
+    try:
+        _check_output_dir(output_dir, overwrite, resume)
+    except BaseException:
+        if taken:
+            release_output_dir(output_dir)
+        raise
+
+
+def _check_output_dir(output_dir: str, overwrite: bool, resume: bool | str | None) -> None:
     path, resume = Path(output_dir), resume_arg(resume)
     if path.exists() and not path.is_dir():
         raise OutputDirError(f"output_dir {output_dir} is a file, not a folder; choose a new folder for this run.")
@@ -234,7 +290,149 @@ def drop_previous(output_dir: str | Path) -> None:
 
 def write_json_atomic(path: str | Path, data: Any) -> None:
     """Write JSON to a temporary file and rename it into place: readers see the old file or the new, never half."""
-    path = Path(path)
+    _write_text_atomic(Path(path), json.dumps(data, indent=2))
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())  # the rename must not land before the bytes do
     os.replace(tmp, path)
+
+
+# --- one run per output folder -----------------------------------------------------------------------------------------
+#
+# A run holds an exclusive `flock` on `<output_dir>.lock`, a file beside the folder (so nothing that looks into the
+# folder, nor `set_aside`'s rename of it, ever sees the lock), from `prepare_output_dir` to the end of
+# `train_and_save`. The kernel drops the lock when its holder dies, even by `kill -9`: a lock file left behind by a
+# killed run holds nothing, and the next run takes it. The holder writes its pid and command line into the file
+# for the refusal message. Under several processes (DDP) the main process alone takes it: all share one folder.
+
+LOCK_SUFFIX = ".lock"
+_HELD: dict[str, tuple[int, int, list[Path]]] = {}  # lock file -> (fd, holder pid, folders made for it)
+_TAKE_SECONDS = 1.0  # how long a run retries before refusing: rides out `alignkit check` probing the lock
+
+
+def lock_path(output_dir: str | Path) -> Path:
+    """The lock file of `output_dir`: `<output_dir>.lock`, beside the folder (the real one, when a link names it)."""
+    path = Path(os.path.realpath(output_dir))
+    return path.with_name(path.name + LOCK_SUFFIX)
+
+
+def _lock_key(output_dir: str | Path) -> str:
+    return str(lock_path(output_dir))
+
+
+def in_use_message(output_dir: str | Path, holder: dict[str, Any]) -> str:
+    pid = holder.get("pid")
+    who = f"process {pid}" if pid else "another process"
+    if holder.get("command"):
+        who += f" (`{holder['command']}`)"
+    return (
+        f"output_dir {output_dir} is in use by a running alignkit run, {who}. Wait for it to finish, or stop it and "
+        "continue it with `--resume_from_checkpoint true`; or choose another output_dir."
+    )
+
+
+def _holder_info(lock_file: Path) -> dict[str, Any]:
+    try:
+        return json.loads(lock_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # the holder has not written it yet, or wrote it by hand
+        return {}
+
+
+def _command_line() -> str:
+    args = getattr(sys, "orig_argv", None) or [sys.executable, *sys.argv]
+    command = " ".join(" ".join([Path(args[0]).name, *args[1:]]).split())  # one line, whatever the arguments hold
+    return command if len(command) <= 300 else command[:297] + "..."
+
+
+def lock_output_dir(output_dir: str | Path) -> bool:
+    """
+    Take `output_dir`'s lock for this run (main process only), or raise `OutputDirError` naming the process that
+    holds it. Taking it again in the process that holds it does nothing (several recipes run in one process, one after
+    another, sometimes on the same folder). True when this call took it.
+    """
+    key = _lock_key(output_dir)
+    if fcntl is None or key in _HELD or not _process_state().is_main_process:
+        return False
+    lock_file = Path(key)
+    made = [p for p in (lock_file.parent, *lock_file.parent.parents) if not p.exists()]
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + _TAKE_SECONDS
+    for _ in range(1000):
+        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            if time.monotonic() < deadline:
+                time.sleep(0.05)
+                continue
+            _remove_empty(made)
+            raise OutputDirError(in_use_message(output_dir, _holder_info(lock_file))) from None
+        try:  # the file we locked must still be the one at the path: its last holder deletes it as it lets go
+            same = os.path.samestat(os.fstat(fd), os.stat(lock_file))
+        except FileNotFoundError:
+            same = False
+        if not same:
+            os.close(fd)
+            continue
+        info = {"pid": os.getpid(), "command": _command_line(), "output_dir": str(output_dir),
+                "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+        _HELD[key] = (fd, os.getpid(), made)
+        return True
+    raise OutputDirError(f"could not take the lock {lock_file} of output_dir {output_dir}.")
+
+
+def release_output_dir(output_dir: str | Path) -> None:
+    """Let go of `output_dir`'s lock if this process holds it, deleting the lock file (it is never needed after)."""
+    _release(_lock_key(output_dir))
+
+
+def _release(key: str) -> None:
+    held = _HELD.get(key)
+    if held is None or held[1] != os.getpid():  # a forked child does not own its parent's lock
+        return
+    fd, _, made = _HELD.pop(key)
+    with contextlib.suppress(OSError):
+        os.unlink(key)  # while still holding it, so the next taker never locks a file about to vanish
+    os.close(fd)
+    _remove_empty(made)
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    for folder in folders:  # innermost first; a folder the run wrote into is not empty and stays
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+
+
+@atexit.register
+def _release_all() -> None:
+    for key in list(_HELD):
+        _release(key)
+
+
+def output_dir_holder(output_dir: str | Path) -> dict[str, Any] | None:
+    """
+    The process (`pid`, `command`) whose run holds `output_dir`, or None when no other process holds it. Takes
+    nothing and writes nothing: it only asks for a shared lock, and lets go at once.
+    """
+    key = _lock_key(output_dir)
+    if fcntl is None or key in _HELD:
+        return None
+    try:
+        fd = os.open(key, os.O_RDONLY)
+    except OSError:  # no lock file: no run has held the folder, or the last one let go
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _holder_info(Path(key)) or {"pid": None}
+    finally:
+        os.close(fd)
+    return None

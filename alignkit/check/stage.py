@@ -154,7 +154,11 @@ def check_stage(
 
     # 3. The output folder: the run's rule, without the run's side effect (overwrite deletes the earlier run).
     output_dir = value("output_dir")
-    if inputs.output_note:
+    # A live run's folder (it holds the folder's lock; asked without taking it): no other run may start there.
+    holder = outputs.output_dir_holder(str(output_dir)) if output_dir is not None else None
+    if holder is not None:
+        report.problem(outputs.in_use_message(output_dir, holder))
+    elif inputs.output_note:
         report.add("output_dir", inputs.output_note)
     elif output_dir is None:
         report.problem(f"{source}: no output_dir; set it to a new folder for this stage's output.")
@@ -166,7 +170,7 @@ def check_stage(
             report.add("output_dir", f"{output_dir}: holds a run, which overwrite_output_dir will delete")
         else:
             try:
-                outputs.prepare_output_dir(str(output_dir), overwrite=False, resume=resume)
+                outputs.prepare_output_dir(str(output_dir), overwrite=False, resume=resume, lock=False)
                 state = "resumes the run there" if resume else ("new" if not folder.exists() else "empty")
                 report.add("output_dir", f"{output_dir}: {state}")
             except AlignkitError as e:

@@ -274,6 +274,9 @@ class PPOTrainer:
         self.kl_ctl = core.KLController(args.kl_coef, args.adaptive_kl, args.target_kl, args.kl_horizon)
         self.update = 0  # updates done
         self.log_history: list[dict] = []
+        # Training seconds up to the end of the last update, counted across resumes (checkpoints carry it), so that
+        # `train_runtime` is the whole run's, as `log_history` is.
+        self._train_seconds = 0.0
         self._last_checkpoint: Path | None = None
         self._pending_checkpoint: tuple[int, dict] | None = None
 
@@ -553,6 +556,7 @@ class PPOTrainer:
             resume = True
         if resume:
             self._resume(resume)
+        seconds_before = self._train_seconds
         progress = tqdm(
             total=self.num_updates,
             initial=self.update,
@@ -569,6 +573,7 @@ class PPOTrainer:
             self._check_losses(update, stats)
             self.kl_ctl.update(stats["kl"], self.batch_size)
             self.update = update
+            self._train_seconds = seconds_before + time.time() - start_time
             stats.update(
                 update=update,
                 episode=update * self.batch_size,
@@ -583,7 +588,7 @@ class PPOTrainer:
         self._save_pending_checkpoint()  # the last one has no next rollout to vouch for it
         for tracker in self.accelerator.trackers:  # not end_training(): it ends the process group save_model needs
             tracker.finish()
-        metrics = {"train_runtime": time.time() - start_time, "updates": self.update}
+        metrics = {"train_runtime": seconds_before + time.time() - start_time, "updates": self.update}
         if self.log_history:
             metrics.update({k: v for k, v in self.log_history[-1].items() if k not in ("update", "episode")})
         mean_loss = float(np.mean([h["policy_loss"] for h in self.log_history])) if self.log_history else 0.0
@@ -685,7 +690,8 @@ class PPOTrainer:
                 "kl_ctl": self.kl_ctl.state_dict(),
             }
             torch.save(state, tmp / STATE_FILE)
-            (tmp / LOG_FILE).write_text(json.dumps({"update": update, "log_history": self.log_history}), encoding="utf-8")
+            log = {"update": update, "log_history": self.log_history, "train_seconds": self._train_seconds}
+            (tmp / LOG_FILE).write_text(json.dumps(log), encoding="utf-8")
         self.accelerator.wait_for_everyone()
         torch.save(rng, tmp / f"rng_state_{self.accelerator.process_index}.pt")
         self.accelerator.wait_for_everyone()
@@ -728,7 +734,8 @@ class PPOTrainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.kl_ctl.load_state_dict(state["kl_ctl"])
         self.update = state["update"]
-        self.log_history = json.loads((path / LOG_FILE).read_text(encoding="utf-8"))["log_history"]
+        log = json.loads((path / LOG_FILE).read_text(encoding="utf-8"))
+        self.log_history, self._train_seconds = log["log_history"], float(log.get("train_seconds", 0.0))
         rng_file = path / f"rng_state_{self.accelerator.process_index}.pt"
         if rng_file.is_file():
             _set_rng_state(torch.load(rng_file, weights_only=True))

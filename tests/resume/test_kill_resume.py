@@ -1,7 +1,8 @@
 """
 Kill a real `alignkit <stage>` process with SIGKILL once it has saved a checkpoint, leave a half-written checkpoint
 after it (as a kill during a save does), resume with `--resume_from_checkpoint true`, and get the run an
-uninterrupted one gets: the same loss (and every other logged number) at every step and bit-identical weights.
+uninterrupted one gets: the same loss (and every other logged number) at every step, bit-identical weights, and the
+same run-level figures (`train_loss` and the rest) in `all_results.json`, `alignkit_run.json` and the model card.
 """
 
 import json
@@ -96,6 +97,23 @@ def step_logs(out):
             if "loss" in h or "policy_loss" in h]  # per-step entries, not the end-of-run summary
 
 
+def run_metrics(out):
+    """The run-level figures, as `all_results.json`, `alignkit_run.json` and the model card report them."""
+    results = json.loads((out / "all_results.json").read_text())
+    assert json.loads((out / outputs.RUN_FILE_NAME).read_text())["metrics"] == results
+    card = (out / "README.md").read_text()
+    table = card[card.index("## Training metrics"):].split("\n## ")[0]
+    restored = {k: v for k, v in results.items() if not any(t in k for t in NOT_RESTORED)}
+    return restored, table, results
+
+
+def seconds_before_resuming(checkpoint):
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    if "stateful_callbacks" in state:  # the HF Trainer's checkpoints
+        return state["stateful_callbacks"]["RunTotals"]["attributes"]["train_seconds"]
+    return state["train_seconds"]  # alignkit's PPO trainer's
+
+
 def final_weights(out):
     return {str(p.relative_to(out)): load_file(p) for p in sorted(out.rglob("*.safetensors"))
             if not p.relative_to(out).parts[0].startswith("checkpoint-")}
@@ -129,3 +147,14 @@ def test_a_run_killed_mid_training_resumes_to_the_same_losses_and_weights(stage,
         for key, tensor in tensors.items():
             assert torch.equal(have[name][key], tensor), f"{name}: {key} differs after resuming"
     assert json.loads((out / outputs.RUN_FILE_NAME).read_text())["stage"] == stage
+
+    # The run's figures are the whole run's, not those of the steps after the resume: the same train_loss (the mean
+    # over every step, to the last bit), epoch and the rest; the time spent before the kill counts in train_runtime.
+    (want, want_card, _), (have, have_card, resumed_results) = run_metrics(reference), run_metrics(out)
+    assert have == want and have
+    assert ("train_loss" in have) == (stage != "ppo")  # PPO reports its own losses, the last update's
+    assert have_card == want_card and "| train_loss |" in have_card or stage == "ppo"
+    assert resumed_results["train_runtime"] > seconds_before_resuming(latest) > 0
+    if stage != "ppo":  # the end-of-run summary in the log history says the same
+        summary = json.loads((out / "trainer_state.json").read_text())["log_history"][-1]
+        assert summary["train_loss"] == have["train_loss"]
