@@ -23,7 +23,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def split_data(data_dir: Path, out: Path, seed: int) -> Path:
-    rows = [json.loads(line) for line in gzip.open(data_dir / "hh-rlhf-harmless-test" / "test.jsonl.gz", "rt")]
+    with gzip.open(data_dir / "hh-rlhf-harmless-test" / "test.jsonl.gz", "rt") as f:
+        rows = [json.loads(line) for line in f]
     random.Random(seed).shuffle(rows)
     cut = int(0.8 * len(rows))
     out.mkdir(parents=True, exist_ok=True)
