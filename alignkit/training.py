@@ -9,7 +9,7 @@ from typing import Any
 
 from transformers import Trainer, TrainerCallback
 
-from alignkit import __version__, hub, memory, modelcard, stages
+from alignkit import __version__, hub, memory, modelcard, stages, tracking
 from alignkit.config import save_config
 from alignkit.errors import AlignkitError
 from alignkit.models import adapter_base
@@ -129,6 +129,7 @@ def _train_and_write(trainer, stage, script_args, training_args, model_args, ext
             "dataset_name": script_args.dataset_name,
             "lineage": lineage(model_args.model_name_or_path, dataset),
             "metrics": metrics,
+            "tracking": tracking.runs(trainer),  # where report_to logged (TensorBoard folder, wandb URL), if anywhere
             **(extra(trainer) if extra else {}),
         }
         write_json_atomic(Path(training_args.output_dir, RUN_FILE_NAME), record)

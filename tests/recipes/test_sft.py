@@ -152,3 +152,16 @@ def test_sft_on_a_two_source_mixture_trains_on_both(tiny_base, world, tmp_path):
     saved = yaml.safe_load((out / CONFIG_FILE_NAME).read_text())  # the resolved config holds the mixture, and reloads
     assert saved["datasets"][1]["columns"] == ["prompt", "completion"] and saved["test_split_size"] == 4
     assert parse_args(STAGE_ARGS["sft"], ["--config", str(out / CONFIG_FILE_NAME)])[0].datasets[1].path == str(qa.parent)
+
+
+def test_report_to_tensorboard_works_unchanged_and_the_run_records_where_it_logged(tiny_base, sft_messages_file, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "out"
+    run_stage("sft", *sft_args(tiny_base, sft_messages_file, out, "--max_steps", "3", "--report_to", "tensorboard"))
+    (run,) = json.loads((out / "alignkit_run.json").read_text())["tracking"]
+    assert run["tracker"] == "tensorboard" and run["logging_dir"].startswith("runs/")
+    events = EventAccumulator(str(out / run["logging_dir"]))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3] and events.Scalars("eval/loss")
