@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import enum
 import importlib
+import importlib.util
 import json
 import os
 import re
@@ -264,8 +265,12 @@ def _late_problems(parsed, source: str) -> list[str]:
                 )
         problems += _range_problems(config, source)
         # A 4/8-bit base cannot be trained itself, only adapters on it (QLoRA).
-        if (getattr(config, "load_in_4bit", False) or getattr(config, "load_in_8bit", False)) and not config.use_peft:
+        quantized = getattr(config, "load_in_4bit", False) or getattr(config, "load_in_8bit", False)
+        if quantized and not config.use_peft:
             problems.append(f"{source}: load_in_4bit/load_in_8bit trains adapters only: set `use_peft: true` (QLoRA) or drop it.")
+        if quantized and importlib.util.find_spec("bitsandbytes") is None:  # else transformers fails with a traceback
+            problems.append(f"{source}: load_in_4bit/load_in_8bit needs bitsandbytes, which alignkit installs but this "
+                            "environment lacks; reinstall alignkit (`pip install -e .`) or `pip install bitsandbytes`.")
     return problems
 
 
