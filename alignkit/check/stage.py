@@ -150,6 +150,9 @@ def check_stage(
             test = f", {len(dataset['test'])} eval rows" if "test" in dataset else ""
             what = f"the mixture of {len(sources)}" if data_args.datasets else name
             report.add("data", f"{what}: {len(dataset['train'])} train rows{test}, columns {dataset['train'].column_names}")
+        except ConfigError as e:  # a `datasets` entry the parser has already reported, when it failed
+            if parsed:
+                report.problem(e)
         except AlignkitError as e:
             report.problem(e)
         except (TypeError, ValueError) as e:  # a raw value of the wrong type, already reported by the parser

@@ -212,3 +212,4 @@ def test_a_mixture_is_checked_reported_and_previewed_data_set_by_data_set(tiny_b
                      datasets=[str(chat), {"path": str(bad), "splt": "train"}])
     code, out, err = _check([config], capsys)
     assert code == 1 and f"datasets[1] ({bad}): unknown key 'splt' (did you mean 'split'?)" in out + err
+    assert (out + err).count("unknown key 'splt'") == 1  # once: the data check does not repeat the parser
