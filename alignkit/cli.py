@@ -118,10 +118,12 @@ def stage_help(stage: str) -> str:
 
     spec = stages.get(stage)
     script, training, model = stage_dataclasses(stage)
-    own = {f.name for f in dataclasses.fields(script)} - {f.name for f in dataclasses.fields(script.__mro__[1])}
+    trl_bases = [b for b in script.__mro__[1:] if dataclasses.is_dataclass(b)]  # ScriptArguments, DatasetMixtureConfig
+    own = {f.name for f in dataclasses.fields(script)} - {f.name for b in trl_bases for f in dataclasses.fields(b)}
     groups = [
         (f"alignkit options ({script.__module__}.{script.__name__})", [f for f in dataclasses.fields(script) if f.name in own]),
-        ("data options (trl.ScriptArguments)", [f for f in dataclasses.fields(script) if f.name not in own]),
+        (f"data options ({', '.join(f'trl.{b.__name__}' for b in trl_bases)})",
+         [f for f in dataclasses.fields(script) if f.name not in own]),
         (f"training options ({training.__module__}.{training.__name__})", dataclasses.fields(training)),
         (f"model options ({model.__module__}.{model.__name__})", dataclasses.fields(model)),
     ]

@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import enum
 import importlib
+import importlib.util
 import json
 import os
 import re
@@ -24,9 +25,9 @@ from typing import Any
 import torch
 import trl
 import yaml
-from trl import SFTConfig, TrlParser
+from trl import DatasetMixtureConfig, SFTConfig, TrlParser
 
-from alignkit import stages
+from alignkit import data, stages
 from alignkit.configfile import closest_hint, load_yaml, split_config_arg
 from alignkit.errors import ConfigError
 from alignkit.hub import take_hub_settings
@@ -34,14 +35,19 @@ from alignkit.outputs import CONFIG_FILE_NAME
 
 
 @dataclass
-class ScriptArguments(trl.ScriptArguments):
+class ScriptArguments(trl.ScriptArguments, DatasetMixtureConfig):
     """
-    TRL's script arguments plus what alignkit adds.
+    TRL's script arguments and its data set mixture fields (`DatasetMixtureConfig`), plus what alignkit adds.
 
     Args:
         dataset_name (`str`):
             A Hub dataset id, a local `.jsonl`/`.json`/`.csv`/`.parquet`/`.txt` file, or a local folder of such
             files (files named `train.*` and `test.*` become those splits).
+        datasets (`list`):
+            Instead of `dataset_name`, a mixture (TRL's `DatasetMixtureConfig`): entries `{path, name, data_dir,
+            data_files, split, columns, fraction}`, each checked like `dataset_name` and then concatenated.
+            `test_split_size` holds out part of the mixture for evaluation (else `eval_split_size` does);
+            `streaming` is not supported (every row is checked before training).
         eval_split_size (`float`, *optional*, defaults to `0.05`):
             When the data set has no `dataset_test_split`, hold out this fraction of the training rows (or this
             many rows, if >= 1) for evaluation. `0` disables evaluation.
@@ -75,6 +81,16 @@ class ScriptArguments(trl.ScriptArguments):
     def __post_init__(self):
         if self.eval_split_size < 0:
             raise ValueError(f"eval_split_size must be >= 0, got {self.eval_split_size}.")
+        # TRL's mixture fields, checked as strictly as the rest: each entry named in errors (`datasets[1] (path): ...`).
+        self.datasets = data.dataset_sources(self.datasets)
+        if self.datasets and self.dataset_name:
+            raise ConfigError("both `dataset_name` and `datasets` are set; keep one (`datasets` mixes several data sets).")
+        if self.streaming:
+            raise ConfigError("`streaming` is not supported: alignkit checks every row before training; drop it.")
+        if self.test_split_size is not None and not self.datasets:
+            raise ConfigError("`test_split_size` splits a `datasets` mixture; with `dataset_name` use `eval_split_size`.")
+        if self.test_split_size is not None and self.test_split_size < 0:
+            raise ConfigError(f"`test_split_size` must be >= 0, got {self.test_split_size}.")
 
 
 @dataclass
@@ -151,6 +167,8 @@ def _value_problems(parser: TrlParser, config: dict[str, Any], source: str) -> l
         action = actions.get(key)
         if action is None or value is None or action.type in (None, str) or isinstance(action.type, type(enum.Enum)):
             continue  # free-form fields (str, dicts and lists given as YAML) are checked by their dataclass
+        if dataclasses.is_dataclass(action.type):
+            continue  # a list of mappings (TRL's `datasets`), checked entry by entry by `ScriptArguments`
         values = value if action.nargs in ("+", "*") and isinstance(value, list) else [value]
         for item in values:
             try:
@@ -247,8 +265,12 @@ def _late_problems(parsed, source: str) -> list[str]:
                 )
         problems += _range_problems(config, source)
         # A 4/8-bit base cannot be trained itself, only adapters on it (QLoRA).
-        if (getattr(config, "load_in_4bit", False) or getattr(config, "load_in_8bit", False)) and not config.use_peft:
+        quantized = getattr(config, "load_in_4bit", False) or getattr(config, "load_in_8bit", False)
+        if quantized and not config.use_peft:
             problems.append(f"{source}: load_in_4bit/load_in_8bit trains adapters only: set `use_peft: true` (QLoRA) or drop it.")
+        if quantized and importlib.util.find_spec("bitsandbytes") is None:  # else transformers fails with a traceback
+            problems.append(f"{source}: load_in_4bit/load_in_8bit needs bitsandbytes, which alignkit installs but this "
+                            "environment lacks; reinstall alignkit (`pip install -e .`) or `pip install bitsandbytes`.")
     return problems
 
 

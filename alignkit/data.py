@@ -19,16 +19,19 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from datasets import Dataset, DatasetDict, Json, load_dataset
+from datasets import Dataset, DatasetDict, Json, ReadInstruction, concatenate_datasets, load_dataset
 from datasets.utils import logging as datasets_logging
 from transformers.utils import logging
 
-from alignkit.errors import DataError
+from alignkit.configfile import closest_hint
+from alignkit.errors import ConfigError, DataError
 
 logger = logging.get_logger(__name__)
 
@@ -169,10 +172,13 @@ def is_hub_id(dataset_name: str) -> bool:
     )
 
 
-def load_raw(dataset_name: str | None, config_name: str | None = None, streaming: bool = False) -> DatasetDict:
-    """Load a Hub dataset id, a local file or a local folder (the same call either way)."""
+def load_raw(dataset_name: str | None, config_name: str | None = None, streaming: bool = False, **hub_options) -> DatasetDict:
+    """Load a Hub dataset id, a local file or a local folder (the same call either way); `hub_options` (`data_dir`,
+    `data_files`) go to `datasets.load_dataset` for a Hub id."""
     if not dataset_name:
-        raise DataError("No data set given: set `dataset_name` to a Hub dataset id or a local file/folder.")
+        raise DataError(
+            "No data set given: set `dataset_name` to a Hub dataset id or a local file/folder (or `datasets` to a list of them)."
+        )
     path = Path(dataset_name).expanduser()
     if path.exists():
         if path.is_file() and path.suffix not in BUILDERS:
@@ -181,7 +187,7 @@ def load_raw(dataset_name: str | None, config_name: str | None = None, streaming
     if not is_hub_id(dataset_name):
         raise DataError(f"Data file or folder not found: {dataset_name}")
     try:
-        return load_dataset(dataset_name, name=config_name, streaming=streaming)
+        return load_dataset(dataset_name, name=config_name, streaming=streaming, **{k: v for k, v in hub_options.items() if v})
     except Exception as e:  # offline, unknown id, gated: all surface as different exception types
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise DataError(
@@ -513,31 +519,253 @@ def prepare(dataset: Dataset, stage: str, source: str, text_field: str = "text")
     return dataset, fmt
 
 
+@dataclass
+class Source:
+    """One data set of a stage, loaded, checked and converted: `train` (and the data set's own `test` split, if any)."""
+
+    label: str  # how messages name it: the data set (`dataset_name`), or `datasets[i] (path)` in a mixture
+    train: Dataset
+    test: Dataset | None
+    format: str
+
+
 def load_data(script_args, stage: str, text_field: str = "text", seed: int = 42) -> DatasetDict:
     """
-    Load `script_args.dataset_name`, check and convert it for `stage`, and return `train` (+ `test`) splits.
+    Load `script_args.dataset_name` (or the `datasets` mixture), check and convert it for `stage`, and return `train`
+    (+ `test`) splits.
 
-    The test split is the data set's `dataset_test_split` when it has one, else `eval_split_size` of train.
+    The test split is the data set's `dataset_test_split` when it has one, else `eval_split_size` of train (for a
+    mixture, `test_split_size` when set).
     """
+    return combine(load_sources(script_args, stage, text_field), script_args, seed)
+
+
+def load_sources(script_args, stage: str, text_field: str = "text") -> list[Source]:
+    """The data set `dataset_name`, or each data set of the `datasets` mixture, loaded, checked and converted."""
+    entries = dataset_sources(getattr(script_args, "datasets", None))
+    if entries:
+        return _mixture(entries, stage, text_field)
     raw = load_raw(script_args.dataset_name, script_args.dataset_config, script_args.dataset_streaming)
     name = script_args.dataset_name
     train_split, test_split = script_args.dataset_train_split, script_args.dataset_test_split
     if train_split not in raw:
         raise DataError(f"{name} has no '{train_split}' split (it has {sorted(raw)}); set `dataset_train_split`.")
-    train, _ = prepare(raw[train_split], stage, _source(name, train_split), text_field)
-    splits = {"train": train}
+    train, fmt = prepare(raw[train_split], stage, _source(name, train_split), text_field)
+    test = None
     if test_split in raw and test_split != train_split:
-        splits["test"], _ = prepare(raw[test_split], stage, _source(name, test_split), text_field)
-    elif script_args.eval_split_size > 0 and len(train) > 1:
-        size = script_args.eval_split_size
-        size = int(size) if size >= 1 else max(1, round(size * len(train)))
-        if size >= len(train):
+        test, _ = prepare(raw[test_split], stage, _source(name, test_split), text_field)
+    return [Source(name, train, test, fmt)]
+
+
+def combine(sources: list[Source], script_args, seed: int = 42) -> DatasetDict:
+    """The sources' training rows concatenated as `train`, and `test`: a single data set's own test split, else the
+    held-out part (`test_split_size` of a mixture, else `eval_split_size`)."""
+    mixture = bool(getattr(script_args, "datasets", None))
+    train = _concatenate(sources) if mixture else sources[0].train
+    if not mixture and sources[0].test is not None:
+        return DatasetDict({"train": train, "test": sources[0].test})
+    size = getattr(script_args, "test_split_size", None) if mixture else None
+    key = "test_split_size" if size is not None else "eval_split_size"
+    size = script_args.eval_split_size if size is None else size
+    if size <= 0 or len(train) < 2:
+        return DatasetDict({"train": train})
+    rows = int(size) if size >= 1 else max(1, round(size * len(train)))
+    if rows >= len(train):
+        name = "the mixture" if mixture else sources[0].label
+        raise DataError(f"{name}: {key}={size} leaves no training rows out of {len(train)}.")
+    parts = train.train_test_split(test_size=rows, seed=seed)
+    return DatasetDict({"train": parts["train"], "test": parts["test"]})
+
+
+# -------------------------------------------------------------------------------------------- mixtures
+# `path: json` with `data_files`, as `datasets.load_dataset` takes a format and its files.
+FORMAT_NAMES = sorted(set(BUILDERS.values()))
+
+
+def dataset_sources(entries) -> list:
+    """
+    TRL's `datasets` mixture entries — `trl.scripts.utils.DatasetConfig`s, or what YAML gives: mappings, or paths —
+    checked and returned as `DatasetConfig`s; a `ConfigError` names the entry (`datasets[1] (path): ...`).
+    """
+    if not entries:
+        return []
+    from trl.scripts.utils import DatasetConfig  # only for mixtures: preflight stays light without one
+
+    if not isinstance(entries, (list, tuple)):
+        raise ConfigError(
+            f"`datasets` must be a list of data sets, e.g. `datasets: [{{path: a.jsonl}}, {{path: b.jsonl, split: train}}]`; "
+            f"got {_describe(entries)}."
+        )
+    keys = [f.name for f in dataclasses.fields(DatasetConfig)]
+    sources = []
+    for i, entry in enumerate(entries):
+        if isinstance(entry, DatasetConfig):
+            entry = dataclasses.asdict(entry)
+        elif isinstance(entry, str):
+            entry = {"path": entry}
+        elif not isinstance(entry, dict):
+            raise ConfigError(f"datasets[{i}] must be a mapping such as {{path: data.jsonl}}, got {_describe(entry)}.")
+        path = entry.get("path")
+        where = f"datasets[{i}]" + (f" ({path})" if isinstance(path, str) else "")
+        problems = [f"unknown key '{k}'{closest_hint(str(k), keys)}" for k in entry if k not in keys]
+        if not isinstance(path, str) or not path.strip():
+            problems.append("`path` is missing: give a Hub dataset id, a local file or a folder")
+        for key in ("name", "data_dir", "split"):
+            if entry.get(key) is not None and not isinstance(entry[key], str):
+                problems.append(f"`{key}` must be text, got {_describe(entry[key])}")
+        if "split" in entry and entry["split"] is None:
+            problems.append("`split` is empty; name a split such as train (the default)")
+        columns = entry.get("columns")
+        if columns is not None and (not isinstance(columns, list) or not columns or not all(isinstance(c, str) for c in columns)):
+            problems.append(f"`columns` must be a list of column names, got {_describe(columns)}")
+        files = entry.get("data_files")
+        files_ok = (
+            files is None or isinstance(files, str) or (isinstance(files, list) and all(isinstance(f, str) for f in files))
+            or (isinstance(files, dict) and all(isinstance(f, (str, list)) for f in files.values()))
+        )
+        if not files_ok:
+            problems.append(f"`data_files` must be a file, a list of files or a mapping of split names to files, got {_describe(files)}")
+        fraction = entry.get("fraction")
+        if fraction is not None and (isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or fraction < 0):
+            problems.append(f"`fraction` must be a number >= 0, got {_describe(fraction)}")
+        if problems:
+            raise ConfigError("\n".join(f"{where}: {p}." for p in problems))
+        sources.append(DatasetConfig(**entry))
+    if len({s.fraction is None for s in sources}) > 1:
+        raise ConfigError("`fraction` is set for some entries of `datasets` but not all; set it for every entry or for none.")
+    if sources[0].fraction is not None and not sum(s.fraction for s in sources) > 0:
+        raise ConfigError("every `fraction` in `datasets` is 0; give at least one data set a share of the mixture.")
+    return sources
+
+
+def _mixture(entries: list, stage: str, text_field: str) -> list[Source]:
+    sources = []
+    for i, entry in enumerate(entries):
+        where = f"datasets[{i}] ({entry.path})"
+        source = entry.path
+        try:
+            raw = _load_entry(entry, where)
+            dataset, source = _select_split(raw, entry, where)
+            if entry.columns:
+                missing = [c for c in entry.columns if c not in dataset.column_names]
+                if missing:
+                    raise DataError(f"{where}: no column {', '.join(map(repr, missing))} (it has {dataset.column_names}); fix `columns`.")
+                dataset = dataset.select_columns(entry.columns)
+            train, fmt = prepare(dataset, stage, source, text_field)
+        except DataError as e:
+            raise DataError(_named(str(e), where, {source, entry.path, str(Path(entry.path).expanduser())})) from None
+        sources.append(Source(where, train, None, fmt))
+    first = sources[0]
+    for other in sources[1:]:
+        if set(other.train.column_names) != set(first.train.column_names):
             raise DataError(
-                f"{name}: eval_split_size={script_args.eval_split_size} leaves no training rows out of {len(train)}."
+                f"{other.label} has {_columns_of(other)} but {first.label} has {_columns_of(first)}; the data sets of a "
+                "mixture are concatenated, so they need the same columns after conversion. Convert one or drop it."
             )
-        parts = train.train_test_split(test_size=size, seed=seed)
-        splits = {"train": parts["train"], "test": parts["test"]}
+    if entries[0].fraction is not None:
+        _apply_fractions(sources, [e.fraction for e in entries])
+    logger.info("data set mixture: " + ", ".join(f"{s.label} {len(s.train)} rows" for s in sources))
+    return sources
+
+
+def _named(message: str, where: str, names: set[str]) -> str:
+    """`message` about one entry of a mixture, led by the entry's `datasets[i] (path)`."""
+    for name in sorted(names, key=len, reverse=True):
+        if message.startswith(name) and message[len(name) : len(name) + 1] in ("", ",", " ", ":"):
+            return where + message[len(name) :]
+    return message if message.startswith(where) else f"{where}: {message}"
+
+
+def _columns_of(source: Source) -> str:
+    return f"columns {sorted(source.train.column_names)} ({source.format.replace('_', '/')})"
+
+
+def _load_entry(entry, where: str) -> DatasetDict:
+    """The splits of one mixture entry: a local file or folder (as `dataset_name`), a format with `data_files`, or a Hub id."""
+    path = Path(entry.path).expanduser()
+    if path.exists():
+        if path.is_file() and (entry.data_dir or entry.data_files):
+            raise DataError(f"{where}: `data_dir` and `data_files` pick files inside a folder, and {entry.path} is a file; drop them.")
+        folder = path / entry.data_dir if entry.data_dir else path
+        if not folder.is_dir() and not path.is_file():
+            raise DataError(f"{where}: data_dir '{entry.data_dir}' is not a folder in {entry.path}.")
+        if entry.data_files:
+            return _load_files(entry.data_files, folder, where)
+        return load_raw(str(folder), entry.name)
+    if entry.path in FORMAT_NAMES:
+        if not entry.data_files:
+            raise DataError(f"{where}: `path: {entry.path}` names a file format; give its files in `data_files`.")
+        return _load_files(entry.data_files, Path(entry.data_dir or "."), where)
+    return load_raw(entry.path, entry.name, data_dir=entry.data_dir, data_files=entry.data_files)
+
+
+def _load_files(data_files, folder: Path, where: str) -> DatasetDict:
+    """`data_files` (a file, a list, or split -> files; relative to `folder`, globs allowed), each read as one file."""
+    by_split = data_files if isinstance(data_files, dict) else {"train": data_files}
+    splits = {}
+    for split, files in by_split.items():
+        paths = []
+        for file in [files] if isinstance(files, str) else files:
+            matches = sorted(folder.glob(file)) if any(c in file for c in "*?[") else [folder / file]
+            if not matches or not matches[0].exists():
+                raise DataError(f"{where}: data file not found: {folder / file}")
+            paths += matches
+        parts = [load_raw(str(p))["train"] for p in paths]
+        splits[split] = concatenate_datasets(parts) if len(parts) > 1 else parts[0]
     return DatasetDict(splits)
+
+
+def _select_split(raw: DatasetDict, entry, where: str) -> tuple[Dataset, str]:
+    """The entry's `split` — a name, or `datasets`' slice syntax such as `train[:1000]` — and how row errors name it
+    (the file itself when the split is a whole local file, so rows are its lines)."""
+    spec = entry.split
+    if spec in raw:
+        return raw[spec], _source(entry.path, spec)
+    try:
+        ranges = ReadInstruction.from_spec(spec).to_absolute({name: len(split) for name, split in raw.items()})
+    except (ValueError, AssertionError, KeyError):
+        raise DataError(f"{where} has no split '{spec}' (it has {sorted(raw)}); set its `split`.") from None
+    parts = [raw[r.splitname].select(range(r.from_, r.to)) for r in ranges]
+    return (concatenate_datasets(parts) if len(parts) > 1 else parts[0]), f"{entry.path} [{spec}]"
+
+
+def _apply_fractions(sources: list[Source], fractions: list[float]) -> None:
+    """TRL's `fraction`: each data set's share of the mixture, normalised; the mixture is as large as it can be with no
+    data set repeated, and each keeps its first rows."""
+    weights = [f / sum(fractions) for f in fractions]
+    total = min(len(s.train) / w for s, w in zip(sources, weights) if w > 0)
+    for source, weight in zip(sources, weights):
+        source.train = source.train.select(range(min(len(source.train), round(weight * total))))
+
+
+def _concatenate(sources: list[Source]) -> Dataset:
+    datasets = [s for s in sources if len(s.train)]
+    if not datasets:
+        raise DataError("The mixture has no rows: every data set's `fraction` left it empty.")
+    first = datasets[0]
+    for other in datasets[1:]:
+        differ = [c for c in first.train.column_names if _kind(other.train.features[c]) != _kind(first.train.features[c])]
+        if differ:
+            columns = ", ".join(f"'{c}'" for c in differ)
+            raise DataError(
+                f"{other.label} holds {columns} as {_kind(other.train.features[differ[0]])} but {first.label} as "
+                f"{_kind(first.train.features[differ[0]])}; a mixture's data sets must write them the same way."
+            )
+    try:
+        return concatenate_datasets([s.train if s.train.features == first.train.features else s.train.cast(first.train.features)
+                                     for s in datasets])
+    except (ValueError, TypeError) as e:  # the same kinds, stored differently (say, extra keys in the turns)
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DataError(f"The mixture's data sets cannot be concatenated: their columns differ in type ({reason}).") from None
+
+
+def _kind(feature) -> str:
+    if getattr(feature, "dtype", None) in ("string", "large_string"):
+        return "text"
+    inner = getattr(feature, "feature", None)
+    if isinstance(inner, dict) and {"role", "content"} <= set(inner):
+        return "lists of turns"
+    return str(feature)
 
 
 def _source(name: str, split: str) -> str:

@@ -184,15 +184,22 @@ def _usage(record: dict, adapter: dict | None, model_id: str, near: Path) -> lis
     return lines
 
 
+def _datasets(record: dict) -> list[str]:
+    """The data sets a run trained on: its `dataset_name`, or each data set of its mixture."""
+    value = (record.get("lineage") or {}).get("dataset") or record.get("dataset_name")
+    return [str(v) for v in value] if isinstance(value, list) else [value] if value else []
+
+
 def _card_data(chain: list[tuple[Path | None, dict]], adapter: dict | None, config: dict, near: Path) -> ModelCardData:
     record = chain[-1][1]
     stage = record["stage"]
     base = hub_id((record.get("lineage") or {}).get("base_model"), near)
     datasets = []
     for _, rec in chain:
-        name = hub_id((rec.get("lineage") or {}).get("dataset") or rec.get("dataset_name"), near)
-        if name and name not in datasets:
-            datasets.append(name)
+        for dataset in _datasets(rec):
+            name = hub_id(dataset, near)
+            if name and name not in datasets:
+                datasets.append(name)
     tags = ["alignkit", "trl", stage]
     if adapter is not None:
         tags += ["peft", "lora"]
@@ -239,7 +246,7 @@ def model_card(
             body.append(f"{i}. **{rec['stage']}** `{label}`: an earlier stage whose files are not beside this one")
             continue
         label = f"`{folder.name}`"
-        data = display_name((rec.get("lineage") or {}).get("dataset") or rec.get("dataset_name"), near)
+        data = " + ".join(str(display_name(d, near)) for d in _datasets(rec)) or None
         this = " (this model)" if folder == output_dir else ""
         body.append(
             f"{i}. **{rec['stage']}** {label}{this}: {_title(rec['stage'])} on `{data}`; "

@@ -44,7 +44,8 @@ RUN_MARKERS = (RUN_FILE_NAME, CONFIG_FILE_NAME, "trainer_state.json", "adapter_c
 
 
 def _holds_run(path: Path) -> bool:
-    return any((path / m).exists() for m in RUN_MARKERS) or any(path.glob("checkpoint-*"))
+    # `runs/`: the TensorBoard logs of a run (`report_to: tensorboard`) stopped before its first checkpoint.
+    return any((path / m).exists() for m in RUN_MARKERS) or any(path.glob("checkpoint-*")) or (path / "runs").is_dir()
 
 
 def read_run(output_dir: str | Path) -> dict[str, Any] | None:

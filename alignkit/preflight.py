@@ -54,6 +54,17 @@ def check(stage: str, args: list[str]) -> None:
             eval_split_size=0,
         )
         data.load_data(script_args, spec.data_format, str(settings.get("dataset_text_field", "text")))
+    entries = settings.get("datasets")
+    if entries and isinstance(entries, list) and all(_local_entry(e) for e in entries):  # a mixture of local data sets
+        from alignkit import data
+
+        script_args = SimpleNamespace(datasets=entries, dataset_name=None, test_split_size=None, eval_split_size=0)
+        data.load_data(script_args, spec.data_format, str(settings.get("dataset_text_field", "text")))
+
+
+def _local_entry(entry) -> bool:
+    path = entry.get("path") if isinstance(entry, dict) else entry
+    return isinstance(path, str) and Path(path).expanduser().exists()
 
 
 def required_message(spec: stages.Stage, key: str) -> str:

@@ -7,8 +7,10 @@ After each stage `alignkit run` writes, in the pipeline's `output_dir`:
   policy, the judge's rates (the demo: `gold_correctness`, `gold_politeness`, `gold_concision`, `gold_well_formed`)
   on the same held-out prompts, its reward model score (`rm_score`), the reward model's win rate over the stage it started
   from (`rm_win_rate_vs_previous`) and the per-token KL to it (`kl_to_previous`; `..._sft` too when that stage
-  is an SFT stage), a few example answers; PPO adds its score (`reward`) and `kl` per update;
-- `report.md`: the same as Markdown — the table, example answers from every stage side by side, the figures;
+  is an SFT stage), a few example answers; PPO adds its score (`reward`) and `kl` per update; `tracking`: where
+  the stage's run logged (`report_to`), as [tracker, TensorBoard folder relative to the report or URL] pairs;
+- `report.md`: the same as Markdown — the table, example answers from every stage side by side, the figures, and
+  the stages with links to their tracking runs;
 - `figures/<stage>.png`: the stage's training curves from its `trainer_state.json`.
 
 Policies are measured with `alignkit.evaluation` (the same generation, judge, reward scoring and KL as
@@ -25,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from alignkit import evaluation
+from alignkit import evaluation, tracking
 from alignkit.errors import ConfigError
 from alignkit.evaluation.judges import judge_columns, load_judge
 from alignkit.outputs import RUN_FILE_NAME, read_run
@@ -133,6 +135,8 @@ def stage_row(pipeline: Pipeline, stage: Stage, action: str, seconds: float | No
         "output_dir": str(out),
         **status,
         "metrics": record.get("metrics", {}),
+        # Each tracking run (`report_to`): a TensorBoard folder relative to the report, or a URL.
+        "tracking": [list(link) for link in tracking.links(record.get("tracking"), out, Path(pipeline.output_dir))],
     }
     history = _history(out)
     if spec.data_format == "pretrain":  # raw text: perplexity before and after says what was learned
@@ -398,11 +402,14 @@ def format_markdown(report: Mapping) -> str:
         for name, figure in figures:
             lines += [f"### {name}", "", f"![{name} training curves]({figure})", ""]
 
-    lines += ["## Stages", "", "| stage | recipe | from | reward model | status | training time |", "|---|---|---|---|---|---|"]
+    tracked = any(row.get("tracking") for row in stages.values())  # a column only when some stage logged somewhere
+    header = "| stage | recipe | from | reward model | status | training time |" + (" tracking |" if tracked else "")
+    lines += ["## Stages", "", header, "|---|---|---|---|---|---|" + ("---|" if tracked else "")]
     for name, row in stages.items():
         seconds = f"{row['train_seconds']:.0f} s" if row.get("train_seconds") is not None else ""
+        runs = ", ".join(f"[{label}]({target.replace(' ', '%20')})" for label, target in row.get("tracking") or [])
         lines.append(
             f"| {name} | {row['recipe']} | {_md(row.get('from') or '')} | {_md(row.get('reward_model') or '')} | "
-            f"{row['status']} | {seconds} |"
+            f"{row['status']} | {seconds} |" + (f" {runs} |" if tracked else "")
         )
     return "\n".join(lines) + "\n"

@@ -12,7 +12,7 @@ from typing import Any
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_callback import ExportableState
 
-from alignkit import __version__, hub, memory, modelcard, stages
+from alignkit import __version__, hub, memory, modelcard, stages, tracking
 from alignkit.config import save_config
 from alignkit.errors import AlignkitError
 from alignkit.models import adapter_base
@@ -175,8 +175,9 @@ def whole_run_metrics(trainer, metrics: dict[str, Any], totals: RunTotals | None
     return metrics
 
 
-def lineage(model_name_or_path: str, dataset_name: str | None) -> dict[str, Any]:
-    """Where a stage's model came from: the original base, the earlier stage it continues (if any), its data."""
+def lineage(model_name_or_path: str, dataset_name: str | list[str] | None) -> dict[str, Any]:
+    """Where a stage's model came from: the original base, the earlier stage it continues (if any), its data (a
+    mixture's: the list of its data sets)."""
     parent = read_run(model_name_or_path) if Path(model_name_or_path).is_dir() else None
     base = (parent or {}).get("lineage", {}).get("base_model") or adapter_base(model_name_or_path) or model_name_or_path
     return {
@@ -249,13 +250,15 @@ def _train_and_write(trainer, stage, script_args, training_args, model_args, ext
         trainer.save_metrics("all", metrics)
         trainer.save_state()
         save_config(training_args.output_dir, script_args, training_args, model_args)
+        dataset = script_args.dataset_name or [s.path for s in getattr(script_args, "datasets", None) or []]  # a mixture's
         record = {
             "stage": stage,
             "alignkit_version": __version__,
             "model_name_or_path": model_args.model_name_or_path,
             "dataset_name": script_args.dataset_name,
-            "lineage": lineage(model_args.model_name_or_path, script_args.dataset_name),
+            "lineage": lineage(model_args.model_name_or_path, dataset),
             "metrics": metrics,
+            "tracking": tracking.runs(trainer),  # where report_to logged (TensorBoard folder, wandb URL), if anywhere
             **(extra(trainer) if extra else {}),
         }
         # The card (replacing the placeholder PEFT/TRL save) is made from the record before the record lands: the

@@ -32,8 +32,9 @@ def _mark(tokenizer, ids: list[int], trained: list[bool]) -> str:
     return out if len(out) <= PREVIEW_CHARS else out[: PREVIEW_CHARS - 3] + "..."
 
 
-def preview(spec: Stage, train, tokenizer, script_args, training_args, name: str, report: Report) -> None:
-    """Tokenise the first rows with the trainer's own dataset preparation; show them and count dropped rows."""
+def preview(spec: Stage, train, tokenizer, script_args, training_args, name: str, report: Report, of_source: bool = False) -> None:
+    """Tokenise the first rows with the trainer's own dataset preparation; show them and count dropped rows.
+    `of_source`: `train` is one data set of a mixture, and the lines name it (`name`)."""
     rows = Dataset.from_list(train.select(range(min(len(train), COUNT_ROWS))).to_list())  # in memory: no cache files
     of = f"{len(rows)}" + (f" (the first {COUNT_ROWS})" if len(train) > COUNT_ROWS else "")
     args = copy.copy(training_args)
@@ -67,12 +68,13 @@ def preview(spec: Stage, train, tokenizer, script_args, training_args, name: str
         except AlignkitError as e:
             report.problem(f"{name}: {e}" + (f" (checked the first {COUNT_ROWS})" if len(train) > COUNT_ROWS else ""))
     elif kept < len(rows):
-        report.add("max_length", f"{len(rows) - kept} of {of} {what} are longer than max_length={max_length} and will be dropped")
+        where = f"{name}: " if of_source else ""
+        report.add("max_length", f"{where}{len(rows) - kept} of {of} {what} are longer than max_length={max_length} and will be dropped")
     report.add("loss on", loss)
     if not shown:
         return
     per_row = max(1, len(shown) // max(1, min(PREVIEW_ROWS, kept)))
-    report.add("preview", "the first rows as the trainer tokenises them; trained tokens «like this»")
+    report.add("preview", (f"{name}: " if of_source else "") + "the first rows as the trainer tokenises them; trained tokens «like this»")
     for i, (label, line) in enumerate(shown):
         report.add(f"row {i // per_row + 1}", f"{label}: {line}" if label else line)
 

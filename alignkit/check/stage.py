@@ -112,7 +112,7 @@ def check_stage(
         return raw.get(key, default)
 
     # 2. The data set, loaded and checked as the recipe does.
-    dataset = None
+    dataset, sources = None, []
     text_field = str(value("dataset_text_field", "text"))
     name = value("dataset_name")
     if name is not None and "${" in str(name):
@@ -129,22 +129,30 @@ def check_stage(
             report.add("data", f"{name} [{split}]: reachable; its first {len(sample)} rows checked (streamed, not downloaded)")
         except AlignkitError as e:
             report.problem(e)
+    elif "${" in str(value("datasets")):
+        report.add("data", "datasets: written by the pipeline's setup, not checked before it runs")
     else:
         try:
-            dataset = data.load_data(
-                SimpleNamespace(
-                    dataset_name=None if name is None else str(name),
-                    dataset_config=value("dataset_config"),
-                    dataset_streaming=False,
-                    dataset_train_split=str(value("dataset_train_split", "train")),
-                    dataset_test_split=str(value("dataset_test_split", "test")),
-                    eval_split_size=float(value("eval_split_size", 0.05)) if parsed else 0,
-                ),
-                spec.data_format,
-                text_field,
+            data_args = SimpleNamespace(
+                dataset_name=None if name is None else str(name),
+                dataset_config=value("dataset_config"),
+                dataset_streaming=False,
+                dataset_train_split=str(value("dataset_train_split", "train")),
+                dataset_test_split=str(value("dataset_test_split", "test")),
+                eval_split_size=float(value("eval_split_size", 0.05)) if parsed else 0,
+                datasets=value("datasets"),  # a mixture: each data set checked, reported and previewed on its own
+                test_split_size=value("test_split_size") if parsed else None,
             )
+            sources = data.load_sources(data_args, spec.data_format, text_field)
+            dataset = data.combine(sources, data_args)
+            for source in sources if data_args.datasets else []:
+                report.add("data", f"{source.label}: {len(source.train)} rows, columns {source.train.column_names}")
             test = f", {len(dataset['test'])} eval rows" if "test" in dataset else ""
-            report.add("data", f"{name}: {len(dataset['train'])} train rows{test}, columns {dataset['train'].column_names}")
+            what = f"the mixture of {len(sources)}" if data_args.datasets else name
+            report.add("data", f"{what}: {len(dataset['train'])} train rows{test}, columns {dataset['train'].column_names}")
+        except ConfigError as e:  # a `datasets` entry the parser has already reported, when it failed
+            if parsed:
+                report.problem(e)
         except AlignkitError as e:
             report.problem(e)
         except (TypeError, ValueError) as e:  # a raw value of the wrong type, already reported by the parser
@@ -210,7 +218,10 @@ def check_stage(
         bars = datasets.is_progress_bar_enabled()
         datasets.disable_progress_bars()  # a check prints its summary, not the trainer's tokenising progress
         try:
-            preview(spec, dataset["train"], tokenizer, script_args, training_args, str(name), report)
+            for source in sources if len(sources) > 1 else []:
+                preview(spec, source.train, tokenizer, script_args, training_args, source.label, report, of_source=True)
+            if len(sources) < 2:
+                preview(spec, dataset["train"], tokenizer, script_args, training_args, str(name), report)
         finally:
             if bars:
                 datasets.enable_progress_bars()

@@ -8,6 +8,8 @@ import torch
 
 from alignkit.errors import ModelError
 from alignkit.evaluation.generation import Conversation, device_of, render
+from alignkit.metrics.scores import kl_summary
+from alignkit.metrics.scores import win_rate as win_rate  # the one computation, also behind the `win_rate` metric
 
 
 def right_pad(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,32 +56,32 @@ def answer_ids(tokenizer, prompt: Conversation, answer: str | Sequence[int]) -> 
 
 
 @torch.no_grad()
-def per_token_kl(
+def per_token_kl_values(
     policy, reference, tokenizer, prompts: Sequence[Conversation], answers: Sequence[str | Sequence[int]], batch_size: int = 32
-) -> float:
+) -> list[list[float]]:
     """
-    Mean per-token KL(policy || reference), in nats, over the answers' tokens: at each answer token position,
-    sum over the whole vocabulary of p_policy * (log p_policy - log p_ref) given the same prefix, averaged over
-    every answer token of every answer (EOS included, padding excluded). Answers are token ids (exact: as
-    generated, e.g. by `generate_tokens`) or texts (rendered after the prompt with the chat template, so they
-    end in its end-of-turn tokens). Both models read the same ids, so they must share `tokenizer`'s vocabulary.
-    One batch of logits is held at a time.
+    KL(policy || reference), in nats, at each token of each answer: at an answer token's position, the sum over the
+    whole vocabulary of p_policy * (log p_policy - log p_ref) given the same prefix (EOS included, padding excluded);
+    one list per answer (empty for an empty answer). Answers are token ids (exact: as generated, e.g. by
+    `generate_tokens`) or texts (rendered after the prompt with the chat template, so they end in its end-of-turn
+    tokens). Both models read the same ids, so they must share `tokenizer`'s vocabulary. One batch of logits is held
+    at a time.
     """
     if len(prompts) != len(answers):
         raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers.")
     pairs = [answer_ids(tokenizer, p, a) for p, a in zip(prompts, answers)]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    total, count = 0.0, 0
+    values: list[list[float]] = [[] for _ in pairs]
     for start in range(0, len(pairs), batch_size):
-        chunk = [(p, a) for p, a in pairs[start : start + batch_size] if a]
+        chunk = [(i, p, a) for i, (p, a) in enumerate(pairs[start : start + batch_size], start=start) if a]
         if not chunk:
             continue
         # Right padding: every real token keeps its unpadded position, and nothing real attends to padding.
-        input_ids, mask = right_pad([p + a for p, a in chunk], pad_id, device_of(policy))
+        input_ids, mask = right_pad([p + a for _, p, a in chunk], pad_id, device_of(policy))
         # Logits at position t predict token t + 1: select the positions that predict an answer token.
         predicts_answer = torch.zeros_like(input_ids, dtype=torch.bool)
-        for i, (p, a) in enumerate(chunk):
-            predicts_answer[i, len(p) - 1 : len(p) + len(a) - 1] = True
+        for row, (_, p, a) in enumerate(chunk):
+            predicts_answer[row, len(p) - 1 : len(p) + len(a) - 1] = True
         logp = policy(input_ids=input_ids, attention_mask=mask).logits[predicts_answer].float().log_softmax(-1)
         ref_ids = input_ids.to(device_of(reference))
         ref_logits = reference(input_ids=ref_ids, attention_mask=mask.to(ref_ids.device)).logits
@@ -89,18 +91,23 @@ def per_token_kl(
             )
         ref_logp = ref_logits[predicts_answer.to(ref_ids.device)].float().log_softmax(-1).to(logp.device)
         del ref_logits
-        total += (logp.exp() * (logp - ref_logp)).sum().item()
-        count += logp.shape[0]
-    return total / count if count else 0.0
+        # The selected positions come row by row, each row's answer tokens in order.
+        kl = (logp.exp() * (logp - ref_logp)).sum(-1).tolist()
+        offset = 0
+        for i, _, a in chunk:
+            values[i] = kl[offset : offset + len(a)]
+            offset += len(a)
+    return values
 
 
-def win_rate(scores: Sequence[float], other: Sequence[float]) -> float:
-    """How often `scores[i]` beats `other[i]`: 1 for higher, 0.5 for equal, 0 for lower, averaged over pairs."""
-    if len(scores) != len(other):
-        raise ValueError(f"win_rate compares pairs: got {len(scores)} and {len(other)} scores.")
-    if not scores:
-        raise ValueError("win_rate needs at least one pair of scores.")
-    return sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(scores, other)) / len(scores)
+def per_token_kl(
+    policy, reference, tokenizer, prompts: Sequence[Conversation], answers: Sequence[str | Sequence[int]], batch_size: int = 32
+) -> float:
+    """
+    Mean per-token KL(policy || reference), in nats, over every answer token of every answer: `per_token_kl_values`
+    summarised by `alignkit.metrics.scores.kl_summary` (the computation behind the `kl_per_token` metric).
+    """
+    return kl_summary(per_token_kl_values(policy, reference, tokenizer, prompts, answers, batch_size))["kl_per_token"]
 
 
 def check_same_vocab(policy_tokenizer, reference_tokenizer, policy_name: str, reference_name: str) -> None:

@@ -32,6 +32,7 @@ from transformers.trainer_utils import TrainOutput
 from trl.models import unwrap_model_for_generation
 from trl.trainer.utils import disable_dropout_in_model, entropy_from_logits, selective_log_softmax
 
+from alignkit import tracking
 from alignkit.errors import AlignkitError, DataError, ModelError
 from alignkit.models import embedding_rows
 from alignkit.outputs import complete_checkpoints, no_checkpoint
@@ -165,7 +166,8 @@ class PPOTrainer:
         self.args, self.models, self.tokenizer, self.reward_fn = args, models, processing_class, reward_fn
         self.eval_dataset = None  # the shape `alignkit.outputs.train_and_save` expects of a trainer
         mixed_precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "no"
-        trackers = [t for t in args.report_to or [] if t in _known_trackers()]
+        # `report_to`'s trackers through Accelerate (main process only), TensorBoard under output_dir/runs/ as the Trainer.
+        trackers, tracker_kwargs = tracking.accelerate_trackers(args)
         self.accelerator = Accelerator(
             gradient_accumulation_steps=args.gradient_accumulation_steps,
             mixed_precision=mixed_precision,
@@ -175,7 +177,7 @@ class PPOTrainer:
         )
         if trackers:
             config = {k: v for k, v in args.to_dict().items() if isinstance(v, (int, float, str, bool))}
-            self.accelerator.init_trackers("alignkit-ppo", config=config)
+            self.accelerator.init_trackers(args.project, config=config, init_kwargs=tracker_kwargs)
         if args.keep_freed_cpu_memory and self.accelerator.device.type == "cpu":
             keep_freed_cpu_memory()
         # Different sampling noise on each process; the same on every rerun.
@@ -740,12 +742,6 @@ class PPOTrainer:
         if rng_file.is_file():
             _set_rng_state(torch.load(rng_file, weights_only=True))
         self._last_checkpoint = path
-
-
-def _known_trackers() -> set[str]:
-    from accelerate.tracking import LOGGER_TYPE_TO_CLASS
-
-    return set(LOGGER_TYPE_TO_CLASS)
 
 
 def _rng_state() -> dict:

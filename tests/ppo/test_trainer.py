@@ -563,3 +563,25 @@ def test_config_defaults(tmp_path):
     args = PPOConfig(output_dir=str(tmp_path), learning_rate=2e-5)
     assert args.value_learning_rate == 2e-5 and not args.bf16
     assert (args.num_ppo_epochs, args.num_mini_batches, args.stop_token, args.kl_estimator) == (4, 1, "eos", "k1")
+
+
+# --- tracking ------------------------------------------------------------------------------------------------------
+
+
+def test_report_to_tensorboard_logs_every_updates_score_and_kl_under_output_dir_runs(sft_dir, tokenizer, prompts, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from alignkit import tracking
+
+    args = ppo_args(tmp_path, report_to=["tensorboard"], per_device_train_batch_size=4, num_updates=2, logging_steps=1)
+    trainer = PPOTrainer(args, lora_models(sft_dir), tokenizer, prompts, reward_fn=says("eats"))
+    trainer.train()
+    (run,) = tracking.runs(trainer)
+    assert run["tracker"] == "tensorboard" and run["logging_dir"].startswith("runs/")  # as the Trainer names its own
+    events = EventAccumulator(str(tmp_path / run["logging_dir"]))
+    events.Reload()
+    for tag in ("score", "kl", "policy_loss"):
+        logged = events.Scalars(tag)
+        assert [e.step for e in logged] == [1, 2]
+        assert [e.value for e in logged] == pytest.approx([h[tag] for h in trainer.log_history], abs=1e-5)

@@ -126,3 +126,42 @@ def test_qlora_4bit_sft_trains_on_cpu(tiny_base, sft_messages_file, tmp_path):
     assert all(p.abs().sum() > 0 for n, p in trainer.model.named_parameters() if "lora_B" in n)
     assert all(math.isfinite(h["loss"]) for h in trainer.state.log_history if "loss" in h)
     assert (tmp_path / "run" / "adapter_model.safetensors").is_file()
+
+
+def test_sft_on_a_two_source_mixture_trains_on_both(tiny_base, world, tmp_path):
+    """`datasets` (TRL's mixture) from YAML: a file and a folder, both checked, concatenated, trained on and recorded."""
+    examples = [(ex["messages"][:1], ex["messages"][1:]) for ex in world.sft_examples()[:40]]
+    chat = write_jsonl(tmp_path / "chat.jsonl", [{"prompt": p, "completion": c} for p, c in examples[:24]])
+    qa = write_jsonl(tmp_path / "qa" / "train.jsonl", [{"prompt": p, "completion": c, "note": "x"} for p, c in examples[24:]])
+    config = tmp_path / "sft.yaml"
+    config.write_text(yaml.safe_dump({
+        "datasets": [{"path": str(chat)}, {"path": str(qa.parent), "split": "train", "columns": ["prompt", "completion"]}],
+        "test_split_size": 4,
+    }))
+    out = tmp_path / "out"
+    trainer = run_stage("sft", "--config", str(config), "--model_name_or_path", str(tiny_base), "--output_dir", str(out),
+                        *FAST, "--max_steps", "5", "--learning_rate", "5e-3")
+    assert len(trainer.train_dataset) == 24 + 16 - 4 and len(trainer.eval_dataset) == 4
+    seen = [trainer.processing_class.decode(row["input_ids"]) for row in trainer.train_dataset]
+    for part in (examples[:24], examples[24:]):  # rows of both data sets are among the training rows
+        assert any(p[0]["content"] in text for p, _ in part for text in seen)
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert len(losses) == 5 and all(math.isfinite(x) for x in losses)
+    assert json.loads((out / "alignkit_run.json").read_text())["lineage"]["dataset"] == [str(chat), str(qa.parent)]
+    assert "on `chat.jsonl + qa`" in (out / "README.md").read_text()
+    saved = yaml.safe_load((out / CONFIG_FILE_NAME).read_text())  # the resolved config holds the mixture, and reloads
+    assert saved["datasets"][1]["columns"] == ["prompt", "completion"] and saved["test_split_size"] == 4
+    assert parse_args(STAGE_ARGS["sft"], ["--config", str(out / CONFIG_FILE_NAME)])[0].datasets[1].path == str(qa.parent)
+
+
+def test_report_to_tensorboard_works_unchanged_and_the_run_records_where_it_logged(tiny_base, sft_messages_file, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "out"
+    run_stage("sft", *sft_args(tiny_base, sft_messages_file, out, "--max_steps", "3", "--report_to", "tensorboard"))
+    (run,) = json.loads((out / "alignkit_run.json").read_text())["tracking"]
+    assert run["tracker"] == "tensorboard" and run["logging_dir"].startswith("runs/")
+    events = EventAccumulator(str(out / run["logging_dir"]))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3] and events.Scalars("eval/loss")

@@ -198,3 +198,21 @@ def test_a_pipeline_whose_reward_stage_used_another_tokenizer_is_refused(tiny_ba
     code, printed, err = _check([pipeline, "--from", "reward"], capsys)
     assert code == 1 and printed.count("holds a finished run: skipped") == 1 and "trained again" in printed
     assert "stage 'reward': " in err and "a preference data set needs 'chosen' + 'rejected'" in err
+
+
+def test_a_mixture_is_checked_reported_and_previewed_data_set_by_data_set(tiny_base, tmp_path, capsys):
+    chat = _jsonl(tmp_path / "chat.jsonl", [{"messages": OWL}] * 6)
+    more = _jsonl(tmp_path / "more.jsonl", [{"messages": OWL, "source": "x"}] * 4)
+    config = _config(tmp_path / "sft.yaml", model_name_or_path=tiny_base, output_dir=tmp_path / "out", max_length=64,
+                     datasets=[{"path": str(chat)}, {"path": str(more), "columns": ["messages"]}], test_split_size=2)
+    code, out, err = _check([config], capsys)
+    assert code == 0, err
+    assert f"datasets[0] ({chat}): 6 rows" in out and f"datasets[1] ({more}): 4 rows" in out
+    assert "the mixture of 2: 8 train rows, 2 eval rows" in out
+    assert f"datasets[1] ({more}): the first rows as the trainer tokenises them" in out
+    bad = _jsonl(tmp_path / "bad.jsonl", [{"text": "plain"}])
+    config = _config(tmp_path / "sft.yaml", model_name_or_path=tiny_base, output_dir=tmp_path / "out",
+                     datasets=[str(chat), {"path": str(bad), "splt": "train"}])
+    code, out, err = _check([config], capsys)
+    assert code == 1 and f"datasets[1] ({bad}): unknown key 'splt' (did you mean 'split'?)" in out + err
+    assert (out + err).count("unknown key 'splt'") == 1  # once: the data check does not repeat the parser

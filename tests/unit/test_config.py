@@ -294,3 +294,16 @@ def test_an_env_block_that_is_not_a_mapping_is_rejected(tmp_path):
     config.write_text("env: [A, B]\n", encoding="utf-8")
     message = _config_error("sft", ["--config", str(config)])
     assert "`env`" in message and "mapping" in message
+
+
+def test_qlora_without_bitsandbytes_installed_is_one_line_saying_how_to_install_it(tmp_path, monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else find_spec(name, *a))
+    args = ["--model_name_or_path", "m", "--dataset_name", "d.jsonl", "--output_dir", str(tmp_path / "out"),
+            "--use_peft", "true", "--load_in_4bit", "true"]
+    with pytest.raises(ConfigError, match="load_in_4bit/load_in_8bit needs bitsandbytes, which alignkit installs"):
+        parse_args(STAGE_ARGS["sft"], args)
+    monkeypatch.undo()
+    assert parse_args(STAGE_ARGS["sft"], args)[2].load_in_4bit  # installed with alignkit: QLoRA needs nothing more

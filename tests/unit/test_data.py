@@ -10,7 +10,7 @@ from datasets import Dataset
 
 from alignkit.config import ScriptArguments
 from alignkit.data import detect_format, load_data, load_raw, prepare
-from alignkit.errors import DataError
+from alignkit.errors import ConfigError, DataError
 
 
 def write_jsonl(path: Path, rows) -> Path:
@@ -720,3 +720,116 @@ def test_a_conversational_pair_whose_answer_alone_is_too_long_keeps_its_last_tur
     assert kept["chosen"][0]["content"].startswith("The fox is red.")
     assert long_answer[0]["content"].startswith(kept["chosen"][0]["content"])
     assert length(kept["prompt"] + kept["chosen"]) <= 96 and kept["rejected"] == row["rejected"]
+
+
+# ------------------------------------------------------------------------------------- mixtures (`datasets`)
+def mixture(entries, stage: str = "sft", **script_args):
+    script_args.setdefault("eval_split_size", 0)
+    return load_data(ScriptArguments(datasets=entries, **script_args), stage)
+
+
+def mixture_error(entries, stage: str = "sft", error=DataError, **script_args) -> str:
+    with pytest.raises(error) as excinfo:
+        mixture(entries, stage, **script_args)
+    message = str(excinfo.value)
+    assert len(message.splitlines()) <= 3, message
+    return message
+
+
+def qa(n: int, start: int = 0):
+    return [{"prompt": f"q{i}?", "completion": f"a{i}.", "extra": i} for i in range(start, start + n)]
+
+
+def test_a_mixture_concatenates_local_files_and_folders_each_with_its_split_and_columns(tmp_path):
+    a = write_jsonl(tmp_path / "a.jsonl", qa(3))
+    write_jsonl(tmp_path / "b" / "train.jsonl", qa(2, 10))
+    write_jsonl(tmp_path / "b" / "test.jsonl", qa(4, 20))
+    ds = mixture([{"path": str(a)}, {"path": str(tmp_path / "b"), "split": "test", "columns": ["prompt", "completion"]}])
+    assert set(ds) == {"train"} and len(ds["train"]) == 3 + 4 and ds["train"][3]["prompt"] == "q20?"
+    # Each data set is converted as `dataset_name` would be: question/answer becomes conversational prompt/completion.
+    c = write_jsonl(tmp_path / "c.jsonl", [{"question": "Why?", "answer": "Because."}])
+    turns = write_jsonl(tmp_path / "turns.jsonl", [{"prompt": [user("Hi?")], "completion": [assistant("Hello.")]}])
+    ds = mixture([str(turns), str(c)])
+    assert ds["train"][-1]["completion"] == [assistant("Because.")]
+    assert mixture_error([str(a), str(c)]) == (
+        f"datasets[1] ({c}) holds 'prompt', 'completion' as lists of turns but datasets[0] ({a}) as text; "
+        "a mixture's data sets must write them the same way."
+    )
+    # A split may be a slice, as `datasets` writes it; a format name takes `data_files` (relative to `data_dir`).
+    ds = mixture([{"path": str(a), "split": "train[:2]"}, {"path": "json", "data_dir": str(tmp_path), "data_files": ["b/*.jsonl"]}])
+    assert ds["train"]["prompt"] == ["q0?", "q1?"] + [f"q{i}?" for i in range(20, 24)] + ["q10?", "q11?"]
+
+
+def test_a_mixture_holds_out_test_split_size_or_else_eval_split_size(tmp_path):
+    a, b = write_jsonl(tmp_path / "a.jsonl", qa(10)), write_jsonl(tmp_path / "b.jsonl", qa(10, 10))
+    entries = [{"path": str(a)}, {"path": str(b)}]
+    assert (len(mixture(entries, test_split_size=4)["test"]), len(mixture(entries, eval_split_size=0.1)["test"])) == (4, 2)
+    assert "test_split_size=20 leaves no training rows" in mixture_error(entries, test_split_size=20)
+    with pytest.raises(ConfigError, match="`test_split_size` splits a `datasets` mixture"):
+        ScriptArguments(dataset_name=str(a), test_split_size=0.1)
+
+
+def test_fractions_share_the_mixture_without_repeating_rows_as_trl_does(tmp_path):
+    a, b = write_jsonl(tmp_path / "a.jsonl", qa(10)), write_jsonl(tmp_path / "b.jsonl", qa(4, 10))
+    ds = mixture([{"path": str(a), "fraction": 0.5}, {"path": str(b), "fraction": 0.5}])["train"]
+    assert ds["prompt"] == [f"q{i}?" for i in range(4)] + [f"q{i}?" for i in range(10, 14)]  # b (4 rows) limits it to 8
+    with pytest.raises(ConfigError, match="set it for every entry or for none"):
+        ScriptArguments(datasets=[{"path": str(a), "fraction": 0.5}, {"path": str(b)}])
+
+
+def test_every_problem_of_a_mixture_names_the_entry_and_its_path(tmp_path):
+    a = write_jsonl(tmp_path / "a.jsonl", qa(2))
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "q?", "completion": "a."}, {"prompt": "q?", "completion": ""}])
+    assert mixture_error([str(a), str(bad)]) == (
+        f"datasets[1] ({bad}), row 2: column 'completion' is empty. Fill it in or remove the row."
+    )
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"prompt": "q?", "completion": "a."}\n{"prompt": \n', encoding="utf-8")
+    assert mixture_error([str(a), str(broken)]).startswith(f"datasets[1] ({broken}), line 2: malformed JSON")
+    assert mixture_error([str(a), str(tmp_path / "none.jsonl")]) == (
+        f"datasets[1] ({tmp_path / 'none.jsonl'}): Data file or folder not found: {tmp_path / 'none.jsonl'}"
+    )
+    assert mixture_error([str(a), {"path": str(a), "split": "test"}]) == (
+        f"datasets[1] ({a}) has no split 'test' (it has ['train']); set its `split`."
+    )
+    assert mixture_error([{"path": str(a), "columns": ["prompt", "answer"]}]) == (
+        f"datasets[0] ({a}): no column 'answer' (it has ['prompt', 'completion', 'extra']); fix `columns`."
+    )
+    text = write_jsonl(tmp_path / "text.jsonl", [{"text": "Just text."}])
+    message = mixture_error([str(a), str(text)])
+    assert message.startswith(f"datasets[1] ({text}) has columns ['text'] (text) but datasets[0] ({a}) has columns")
+    wrong = write_jsonl(tmp_path / "wrong.jsonl", [{"query": "q?"}])
+    assert mixture_error([str(a), str(wrong)], stage="prompts").startswith(f"datasets[1] ({wrong}) has columns ['query']")
+
+
+def test_a_mixture_entry_with_an_unknown_key_or_a_bad_value_is_a_config_error_naming_it(tmp_path):
+    with pytest.raises(ConfigError, match=r"datasets\[0\] \(a.jsonl\): unknown key 'pth' \(did you mean 'path'\?\)"):
+        ScriptArguments(datasets=[{"path": "a.jsonl", "pth": "b"}])
+    with pytest.raises(ConfigError, match=r"datasets\[1\]: `path` is missing"):
+        ScriptArguments(datasets=["a.jsonl", {"split": "train"}])
+    with pytest.raises(ConfigError, match=r"datasets\[0\] \(a.jsonl\): `columns` must be a list of column names"):
+        ScriptArguments(datasets=[{"path": "a.jsonl", "columns": "prompt"}])
+    with pytest.raises(ConfigError, match="both `dataset_name` and `datasets` are set"):
+        ScriptArguments(dataset_name="a.jsonl", datasets=["b.jsonl"])
+    with pytest.raises(ConfigError, match="`streaming` is not supported"):
+        ScriptArguments(datasets=["a.jsonl"], streaming=True)
+
+
+def test_a_mixture_from_yaml_and_the_command_line_goes_through_the_strict_parser(tmp_path):
+    from alignkit.config import STAGE_ARGS, parse_args
+
+    a, b = write_jsonl(tmp_path / "a.jsonl", qa(3)), write_jsonl(tmp_path / "b.jsonl", qa(2, 10))
+    config = tmp_path / "sft.yaml"
+    config.write_text(
+        f"datasets: [{{path: {a}}}, {{path: {b}, split: train, columns: [prompt, completion]}}]\n"
+        f"test_split_size: 1\noutput_dir: {tmp_path / 'out'}\nmodel_name_or_path: m\n", encoding="utf-8"
+    )
+    script_args, _, _ = parse_args(STAGE_ARGS["sft"], ["--config", str(config)])
+    assert [s.path for s in script_args.datasets] == [str(a), str(b)] and script_args.datasets[1].columns == ["prompt", "completion"]
+    ds = load_data(script_args, "sft")
+    assert len(ds["train"]) == 4 and len(ds["test"]) == 1
+    script_args, _, _ = parse_args(STAGE_ARGS["sft"], ["--config", str(config), "--datasets", str(b), str(a)])
+    assert [s.path for s in script_args.datasets] == [str(b), str(a)]
+    config.write_text(f"datasets: [{{path: {a}, splt: train}}]\noutput_dir: {tmp_path / 'out'}\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"sft.yaml: datasets\[0\] \(.*a.jsonl\): unknown key 'splt' \(did you mean 'split'\?\)"):
+        parse_args(STAGE_ARGS["sft"], ["--config", str(config)])

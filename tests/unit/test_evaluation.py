@@ -158,7 +158,7 @@ def test_a_lora_reward_adapter_reloads_by_path_to_the_same_scores(lora_reward, t
 def test_a_full_reward_model_folder_loads_and_a_language_model_folder_is_refused(reward_dir, reference_dir):
     model, tokenizer = evaluation.load_reward_model(reward_dir)
     assert model.config.num_labels == 1 and model.config.pad_token_id == tokenizer.pad_token_id
-    with pytest.raises(ModelError, match="no reward model"):
+    with pytest.raises(ModelError, match="not a reward model"):
         evaluation.load_reward_model(reference_dir)
     with pytest.raises(ModelError, match="not a language model"):
         evaluation.load_for_inference(reward_dir)
@@ -229,3 +229,19 @@ def test_alignkit_eval_with_a_missing_policy_or_bad_prompts_fails_in_one_line(re
         cli_main(["eval", "--policy", str(reference_dir), "--reference", str(reference_dir), "--prompts", str(prompts)])
     err = capsys.readouterr().err.strip()
     assert err.startswith("alignkit: error:") and "p.jsonl:2" in err and "\n" not in err
+
+
+def test_the_kl_per_token_metric_on_per_token_values_is_per_token_kl(reference_dir, policy_dir, tokenizer):
+    import evaluate
+
+    from alignkit import metrics
+
+    policy, _ = evaluation.load_for_inference(policy_dir)
+    reference, _ = evaluation.load_for_inference(reference_dir)
+    many = [(PROMPTS[i % 3], ANSWERS[i % 3]) for i in range(5)]
+    values = evaluation.per_token_kl_values(policy, reference, tokenizer, *zip(*many), batch_size=2)
+    assert [len(v) for v in values] == [len(evaluation.measures.answer_ids(tokenizer, p, a)[1]) for p, a in many]
+    metric = evaluate.load(str(metrics.path("kl_per_token")), keep_in_memory=True)
+    result = metric.compute(kl=values)
+    assert result["kl_per_token"] == evaluation.per_token_kl(policy, reference, tokenizer, *zip(*many), batch_size=2)
+    assert result["kl_per_token"] > 0 and result["num_tokens"] == sum(map(len, values))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from alignkit.metrics.scores import mean_margin, pairwise_accuracy
+
 
 @torch.no_grad()
 def reward_stats(trainer, batch_size: int | None = None) -> dict[str, float]:
@@ -35,8 +37,8 @@ def reward_stats(trainer, batch_size: int | None = None) -> dict[str, float]:
     everything = torch.cat([chosen, rejected])
     return {
         "pairs": len(dataset),
-        "accuracy": (chosen > rejected).float().mean().item(),
-        "margin": (chosen - rejected).mean().item(),
+        "accuracy": pairwise_accuracy(chosen.tolist(), rejected.tolist()),
+        "margin": mean_margin(chosen.tolist(), rejected.tolist()),
         "mean": everything.mean().item(),
         "std": everything.std().item(),
         "prefers_longer": prefers_longer[unequal].float().mean().item() if unequal.any() else float("nan"),
