@@ -73,25 +73,46 @@ class RewardScorer:
 
     def __init__(self, path: str | Path, normalize: bool = False, batch_size: int = 32,
                  missing_eos_penalty: float | None = None, device: str | torch.device | None = None):
-        self.path = str(path)
-        self.model, self.tokenizer = models.load_reward_model(path)
-        self.model.requires_grad_(False)
+        model, tokenizer = models.load_reward_model(path)
         saved = outputs.read_saved_config(path)
-        self.max_length: int | None = saved.get("max_length", trl.RewardConfig.__dataclass_fields__["max_length"].default)
-        self.prompt_truncation: str = saved.get("prompt_truncation", "left")
-        self.stats: dict | None = (outputs.read_run(path) or {}).get("reward_stats")
+        self._attach(model, tokenizer, batch_size, missing_eos_penalty,
+                     max_length=saved.get("max_length", trl.RewardConfig.__dataclass_fields__["max_length"].default),
+                     prompt_truncation=saved.get("prompt_truncation", "left"),
+                     stats=(outputs.read_run(path) or {}).get("reward_stats"))
+        self.path = str(path)
         if normalize and not (self.stats and self.stats.get("std")):
             raise ModelError(
                 f"{path} records no score statistics (reward_stats in alignkit_run.json) to normalise with; "
                 "retrain it with alignkit's reward stage or turn normalisation off."
             )
         self.normalize = normalize
-        self.batch_size = batch_size
-        self.missing_eos_penalty = missing_eos_penalty
-        self.pad_token_id = self.model.config.get_text_config().pad_token_id
-        self.prompts_cut = 0  # prompts cut from the left so far, to fit max_length
         if device is not None:
             self.to(device)
+
+    @classmethod
+    def from_model(cls, model, tokenizer, batch_size: int = 32, max_length: int | None = None) -> RewardScorer:
+        """
+        A scorer for a reward model already loaded, in its training format; its stage's `max_length` and score
+        statistics (in its folder) are not known, so prompts are cut only to a `max_length` given here.
+        """
+        scorer = cls.__new__(cls)
+        scorer._attach(model, tokenizer, batch_size, None, max_length=max_length, prompt_truncation="left", stats=None)
+        scorer.path, scorer.normalize = None, False
+        return scorer
+
+    def _attach(self, model, tokenizer, batch_size, missing_eos_penalty, max_length, prompt_truncation, stats):
+        self.model, self.tokenizer = model, tokenizer
+        self.model.requires_grad_(False)
+        config = model.config.get_text_config()
+        if config.pad_token_id is None:  # the score is read at the last non-pad token, as in training
+            config.pad_token_id = tokenizer.pad_token_id
+        self.pad_token_id = config.pad_token_id
+        self.max_length: int | None = max_length
+        self.prompt_truncation: str = prompt_truncation
+        self.stats: dict | None = stats
+        self.batch_size = batch_size
+        self.missing_eos_penalty = missing_eos_penalty
+        self.prompts_cut = 0  # prompts cut from the left so far, to fit max_length
 
     def to(self, device: str | torch.device) -> RewardScorer:
         self.model.to(device)
@@ -150,22 +171,23 @@ class RewardScorer:
     @torch.no_grad()
     def score(self, prompts: Sequence[Prompt], answers: Sequence[Answer]) -> list[float]:
         """The reward model's score of each answer to its prompt (normalised when `normalize`)."""
-        ids = self.token_ids(prompts, answers)
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths together: less padding
-        scores = [0.0] * len(ids)
+        ids = [tuple(row) for row in self.token_ids(prompts, answers)]
+        # A sequence that occurs twice is scored once, so equal answers get exactly equal scores; similar lengths
+        # go together (less padding).
+        unique = sorted(set(ids), key=len)
+        found: dict[tuple[int, ...], float] = {}
         was_training = self.model.training
         self.model.eval()
         device = self.device
-        for start in range(0, len(order), self.batch_size):
-            chunk = order[start : start + self.batch_size]
-            width = max(len(ids[i]) for i in chunk)
+        for start in range(0, len(unique), self.batch_size):
+            chunk = unique[start : start + self.batch_size]
+            width = max(len(row) for row in chunk)
             # Right padding with the model's pad id, as RewardTrainer's collator: the score is read at the same token.
-            input_ids = torch.tensor([ids[i] + [self.pad_token_id] * (width - len(ids[i])) for i in chunk], device=device)
-            mask = torch.tensor([[1] * len(ids[i]) + [0] * (width - len(ids[i])) for i in chunk], device=device)
-            logits = self.model(input_ids=input_ids, attention_mask=mask).logits[:, 0].float().tolist()
-            for i, value in zip(chunk, logits):
-                scores[i] = value
+            input_ids = torch.tensor([list(row) + [self.pad_token_id] * (width - len(row)) for row in chunk], device=device)
+            mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in chunk], device=device)
+            found.update(zip(chunk, self.model(input_ids=input_ids, attention_mask=mask).logits[:, 0].float().tolist()))
         self.model.train(was_training)
+        scores = [found[row] for row in ids]
         if self.normalize:
             scores = [(s - self.stats["mean"]) / self.stats["std"] for s in scores]
         return scores
