@@ -351,3 +351,16 @@ def check_eval_batch(dataset, args) -> None:
             f"multiple of num_generations={generations}, which the evaluation of the test split needs; change one "
             "(or set eval_split_size: 0 to hold out no test split)."
         )
+
+
+def check_reference(model_args, args) -> None:
+    """
+    Without LoRA, TRL's GRPO/RLOO load the reference model anew from the path in the policy's config, which for an
+    SFT adapter merged at load is the adapter's base, not the SFT model: refuse that before any weight loads.
+    """
+    if args.beta and not model_args.use_peft and models.adapter_base(model_args.model_name_or_path):
+        raise ConfigError(
+            f"{model_args.model_name_or_path} is an adapter: without use_peft its reference model (beta > 0) would be "
+            "its base, not the model itself. Set `use_peft: true` (training continues the adapter, and a frozen copy of "
+            "it is the reference) or merge it first (`alignkit merge`) and start from the merged folder."
+        )

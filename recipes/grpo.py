@@ -22,6 +22,7 @@ def main(script_args: ScriptArguments, training_args: rewards.GRPOConfig, model_
     # Check the prompts, the output folder and the reward functions before loading any weights.
     dataset = data.load_data(script_args, "prompts", seed=training_args.seed)
     rewards.check_eval_batch(dataset, training_args)
+    rewards.check_reference(model_args, training_args)
     outputs.prepare_output_dir(
         training_args.output_dir, script_args.overwrite_output_dir, training_args.resume_from_checkpoint
     )

@@ -123,3 +123,33 @@ def test_grpo_continues_an_sft_adapter_against_the_reward_model(online_stages, s
     assert record["lineage"]["parent_stage"] == "sft"
     assert trainer.args.beta == 0.04 and trainer.args.disable_dropout  # alignkit's defaults
 
+
+
+def test_full_mode_on_an_sft_adapter_is_refused_before_its_base_becomes_the_reference(online_stages, tmp_path):
+    from alignkit.errors import ConfigError
+
+    root, prefs = online_stages
+    with pytest.raises(ConfigError, match="without use_peft its reference model .* would be its base"):
+        run_stage("grpo", *online_args(root / "sft", root, prefs, tmp_path / "grpo", "--use_peft", "false"))
+    assert not (tmp_path / "grpo").exists()
+
+
+def test_the_memory_estimate_counts_the_frozen_reward_model_and_a_full_reference_copy(online_stages, tiny_base, tmp_path):
+    from alignkit.config import STAGE_ARGS, parse_args
+    from alignkit.memory import estimate
+
+    root, _ = online_stages
+    common = ["--model_name_or_path", str(tiny_base), "--reward_model_path", str(root / "reward"),
+              "--output_dir", str(tmp_path), "--num_generations", "2", "--per_device_train_batch_size", "4"]
+
+    def weights(*extra) -> int:
+        _, training_args, model_args = parse_args(STAGE_ARGS["grpo"], [*common, *extra])
+        return estimate("grpo", model_args, training_args).weights
+
+    policy = sum(p.numel() * p.element_size() for p in models.load_model(
+        __import__("trl").ModelConfig(model_name_or_path=str(tiny_base))).parameters())
+    reward_model, _ = models.load_reward_model(root / "reward")
+    reward = sum(p.numel() * p.element_size() for p in reward_model.parameters())
+    assert weights("--use_peft", "true") == policy + reward  # the reference is the disabled adapter: no copy
+    assert weights() == 2 * policy + reward  # full mode: a frozen copy of the model is the reference
+    assert weights("--beta", "0") == policy + reward  # no KL, no reference
