@@ -305,6 +305,10 @@ def estimate(stage: str, model_args, training_args, model_config=None) -> Memory
             getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads)
         cache = rollouts * seq * config.num_hidden_layers * 2 * kv * act_bytes
         activations = max(activations, cache + rollouts * config.vocab_size * 4)
+    elif spec.memory.critic_free_rl:
+        weights, adapters, activations = _critic_free_rl(
+            config, model_args, training_args, weights, adapters, trainable * trainable_bytes, adapter, peft_config,
+            act, notes)
     else:
         seq = training_args.max_length or 1024
         # Chosen and rejected go through the model together; a reward model's score head is negligible.
@@ -333,6 +337,54 @@ def _other_reward_base(training_args, policy_base: str, dtype: torch.dtype, note
     notes.append(f"the reward model's base {reward_base} is loaded beside the policy's")
     model = _meta_model(AutoConfig.from_pretrained(reward_base), reward=True, peft_config=None)
     return sum(p.numel() for p in model.parameters()) * dtype.itemsize
+
+
+def _critic_free_rl(config, model_args, training_args, weights, adapters, adapter_bytes, adapter, peft_config, act,
+                    notes) -> tuple[float, float, float]:
+    """
+    GRPO/RLOO (TRL): the policy trains on micro-batches of sampled completions; the reference is the policy with its
+    adapter disabled (LoRA), a frozen copy of the adapter (continuing an SFT adapter) or of the model (full mode),
+    and only when `beta` > 0; the reward model is loaded on its own, frozen. Returns (weights, adapters, activations).
+    """
+    # TRL does not cut prompts: 512 prompt tokens are assumed, as for PPO without max_prompt_length.
+    completion = training_args.max_completion_length or 512
+    seq = 512 + completion
+    batch = training_args.per_device_train_batch_size
+    activations = _activation_bytes(config, batch * seq, seq, lm_head="fused", **act)
+    if training_args.beta:
+        if peft_config is None:
+            notes.append("full mode: the reference is a frozen copy of the model")
+            weights *= 2
+        elif adapter is not None:
+            notes.append("continuing an adapter: TRL keeps a frozen copy of it as the reference")
+            adapters += adapter_bytes
+    weights += _reward_model_bytes(training_args, notes)
+    # Generation: each process samples per_device_train_batch_size x steps_per_generation completions at once.
+    rollouts = batch * (training_args.steps_per_generation or training_args.gradient_accumulation_steps)
+    kv = (getattr(config, "num_key_value_heads", None) or config.num_attention_heads) * (
+        getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads)
+    cache = rollouts * seq * config.num_hidden_layers * 2 * kv * act["act_bytes"]
+    return weights, adapters, max(activations, cache + rollouts * config.vocab_size * 4)
+
+
+def _reward_model_bytes(training_args, notes: list[str]) -> int:
+    """Bytes of the frozen reward model GRPO/RLOO load beside the policy: its base (as stored) and its adapter."""
+    from transformers import AutoConfig
+
+    path = getattr(training_args, "reward_model_path", None)
+    if not path:
+        return 0
+    base, adapter = _base_and_adapter(path)
+    config = AutoConfig.from_pretrained(base)
+    config = getattr(config, "text_config", None) or config
+    peft_config = None
+    if adapter is not None:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(**{k: v for k, v in adapter.items() if k in LoraConfig.__dataclass_fields__})
+    model = _meta_model(config, reward=True, peft_config=peft_config)
+    notes.append("the reward model is loaded beside the policy")
+    return sum(p.numel() for p in model.parameters()) * _resolve_dtype(None, config).itemsize
 
 
 def _ppo_models(stage_weights, adapters, gradients, optimizer, use_peft, training_args, notes):

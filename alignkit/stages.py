@@ -29,6 +29,7 @@ class MemoryModel:
     lm_head: str | None = "fused"  # TRL's fused LM head + log-softmax ("fused"), full logits ("full"), or none
     reference_adapter_copy: bool = False  # DPO on an SFT adapter: TRL keeps a frozen copy as the reference
     online_rl: bool = False  # rollouts, a value model and a reward model beside the policy (PPO)
+    critic_free_rl: bool = False  # sampled completions, a frozen reward model of its own, no value model (GRPO, RLOO)
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,23 @@ STAGES: dict[str, Stage] = {
             series=("score", "kl"),
             preview="prompts",
             memory=MemoryModel(lm_head="full", online_rl=True),
+        ),
+        *(
+            Stage(
+                name=name,
+                title=title,
+                config=f"alignkit.rewards:{name.upper()}Config",
+                data_format="prompts",
+                inputs=("model", "reward_model"),
+                required=("reward_model_path",),
+                curves=(("reward", ("reward",)), ("KL to reference", ("kl",)),
+                        ("completion length", ("completions/mean_length",))),
+                series=("reward", "kl"),
+                preview="prompts",
+                memory=MemoryModel(critic_free_rl=True),
+            )
+            for name, title in (("grpo", "GRPO (online RL against a reward model)"),
+                                ("rloo", "RLOO (online RL against a reward model)"))
         ),
     )
 }

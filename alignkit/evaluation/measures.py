@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
+from alignkit import rewards
 from alignkit.errors import ModelError
 from alignkit.evaluation.generation import Conversation, device_of, render
 from alignkit.metrics.scores import kl_summary
@@ -19,29 +20,16 @@ def right_pad(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor,
     return ids, mask
 
 
-@torch.no_grad()
 def reward_scores(model, tokenizer, prompts: Sequence[Conversation], answers: Sequence[str], batch_size: int = 32) -> list[float]:
     """
-    The reward model's score of each answer, on the text it was trained on: the reward model's chat template
-    applied to prompt + answer (with alignkit's template that text ends in EOS), tokenised without added special
-    tokens. Sequences are right-padded with the model's own `pad_token_id`, so the model reads its score at the
-    same token alone or in any batch (with pad == EOS that is the last token before the trailing EOS, as in
-    training). A text that occurs twice is scored once, so equal answers get exactly equal scores.
+    The reward model's score of each answer, on the text it was trained on (`alignkit.rewards`, the one scoring
+    path): the reward model's chat template applied to prompt + answer (with alignkit's template that text ends in
+    EOS). Sequences are right-padded with the model's own `pad_token_id` (set from the tokenizer when missing), so
+    the model reads its score at the same token alone or in any batch (with pad == EOS that is the last token before
+    the trailing EOS, as in training). A text that occurs twice is scored once, so equal answers get exactly equal
+    scores.
     """
-    if len(prompts) != len(answers):
-        raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers.")
-    config = model.config.get_text_config()
-    if config.pad_token_id is None:
-        config.pad_token_id = tokenizer.pad_token_id
-    texts = [render(tokenizer, p, a) for p, a in zip(prompts, answers)]
-    unique = sorted(set(texts), key=len)  # similar lengths together: less padding
-    ids = tokenizer(unique, add_special_tokens=False)["input_ids"]
-    scores: dict[str, float] = {}
-    for start in range(0, len(unique), batch_size):
-        input_ids, mask = right_pad(ids[start : start + batch_size], config.pad_token_id, device_of(model))
-        logits = model(input_ids=input_ids, attention_mask=mask).logits
-        scores.update(zip(unique[start : start + batch_size], logits[:, 0].float().tolist()))
-    return [scores[t] for t in texts]
+    return rewards.RewardScorer.from_model(model, tokenizer, batch_size=batch_size).score(prompts, answers)
 
 
 def answer_ids(tokenizer, prompt: Conversation, answer: str | Sequence[int]) -> tuple[list[int], list[int]]:
