@@ -58,7 +58,8 @@ class ScriptArguments(trl.ScriptArguments, DatasetMixtureConfig):
             (pretraining a new model).
         prompt_truncation (`str`, *optional*, defaults to `"left"`):
             Reward stage: `"left"` cuts the start of prompts so pairs fit `max_length` (long dialogues keep their
-            latest turns); `"none"` keeps TRL's behaviour of dropping pairs that do not fit.
+            latest turns), and the end of an answer too long to leave the prompt its last `max_length // 4` tokens;
+            `"none"` keeps TRL's behaviour of dropping pairs that do not fit.
     """
 
     eval_split_size: float = field(
@@ -74,7 +75,8 @@ class ScriptArguments(trl.ScriptArguments, DatasetMixtureConfig):
     )
     prompt_truncation: str = field(
         default="left",
-        metadata={"help": "Reward stage: 'left' cuts prompts from the start to fit max_length; 'none' drops such pairs.",
+        metadata={"help": "Reward stage: 'left' cuts prompts from the start (and over-long answers at the end) to fit "
+                          "max_length; 'none' drops such pairs.",
                   "choices": ["left", "none"]},
     )
 
