@@ -103,8 +103,9 @@ def test_rows_longer_than_max_length_are_counted(tiny_base, tmp_path, capsys):
 
 @pytest.mark.parametrize(
     "name, settings, stage",
-    [("sft.yaml", {}, "sft"), ("recipes/m/dpo/lora.yaml", {}, "dpo"), ("c.yaml", {"reward_model_path": "x"}, "ppo"),
-     ("c.yaml", {"beta": 0.1, "loss_type": ["sigmoid"]}, "dpo"), ("c.yaml", {"center_rewards_coefficient": 0.1}, "reward")],
+    [("sft.yaml", {}, "sft"), ("recipes/m/dpo/lora.yaml", {}, "dpo"), ("c.yaml", {"reward_model_path": "x", "kl_coef": 0.2}, "ppo"),
+     ("c.yaml", {"beta": 0.1, "loss_type": ["sigmoid"], "loss_weights": [1.0]}, "dpo"),
+     ("c.yaml", {"center_rewards_coefficient": 0.1}, "reward")],
 )
 def test_the_stage_comes_from_the_file_name_or_the_keys_only_it_has(name, settings, stage):
     assert check.infer_stage(name, {"learning_rate": 1e-4, **settings}) == stage
