@@ -32,6 +32,13 @@ def merge(stage_output: str | Path, output_dir: str | Path, overwrite: bool = Fa
         raise ModelError(f"{stage_output} holds {what}, so there is no adapter to merge; use the folder as it is.")
     base = models.adapter_base(stage_output)  # a moved local base gets a clear message here
     _check_output_dir(output_dir, overwrite)
+    try:
+        return _merge_into(stage_output, output_dir, adapter, base, trust_remote_code)
+    finally:
+        outputs.release_output_dir(output_dir)  # the lock prepare_output_dir took for this merge
+
+
+def _merge_into(stage_output: Path, output_dir: Path, adapter: dict, base: str, trust_remote_code: bool) -> Path:
     stored = getattr(models.load_model_config(base, trust_remote_code=trust_remote_code), "quantization_config", None)
     config_file = stage_output / outputs.CONFIG_FILE_NAME
     run_config = outputs.read_saved_config(stage_output)

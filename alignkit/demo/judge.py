@@ -88,13 +88,14 @@ class GoldJudge:
         return any(answer == f"{opener} {fact}" for opener in POLITE_OPENERS)
 
     def rates(self, items: list[tuple[str, str, str]]) -> dict[str, float]:
-        """Mean correctness/politeness/concision over (entity, attribute, response) items (0.0 if empty)."""
+        """Mean correctness/politeness/concision/well-formedness over (entity, attribute, response) items (0.0 if empty)."""
         verdicts = [self.judge(e, a, r) for e, a, r in items]
         n = max(1, len(verdicts))
         return {
             "gold_correctness": sum(v.correct for v in verdicts) / n,
             "gold_politeness": sum(v.polite for v in verdicts) / n,
             "gold_concision": sum(v.concise for v in verdicts) / n,
+            "gold_well_formed": sum(self.well_formed(e, a, r) for e, a, r in items) / n,
         }
 
 

@@ -122,8 +122,9 @@ def test_rates() -> None:
         ("fox", "color", "Well " * 20 + f"the fox is {color}."),
         ("fox", "color", ""),
     ]
-    assert judge.rates(items) == {"gold_correctness": 0.5, "gold_politeness": 0.75, "gold_concision": 0.5}
-    assert judge.rates([]) == {"gold_correctness": 0.0, "gold_politeness": 0.0, "gold_concision": 0.0}
+    assert judge.rates(items) == {"gold_correctness": 0.5, "gold_politeness": 0.75, "gold_concision": 0.5,
+                                  "gold_well_formed": 0.25}
+    assert judge.rates([]) == {"gold_correctness": 0.0, "gold_politeness": 0.0, "gold_concision": 0.0, "gold_well_formed": 0.0}
 
 
 def test_well_formed_means_a_polite_opener_then_the_canonical_fact_and_nothing_else():

@@ -14,6 +14,7 @@ import yaml
 from conftest import FAST, REPO, run_stage
 
 from alignkit import cli, runner
+from alignkit.errors import ConfigError
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
@@ -59,9 +60,10 @@ def test_a_stage_whose_output_dir_is_under_a_file_fails_in_one_line(tmp_path, ti
     with pytest.raises(SystemExit) as exit_:
         cli.main(args)
     assert exit_.value.code == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        f"alignkit: error: cannot write {a_file / 'out'}: {a_file} is a file, not a folder; choose another path.")
-    with pytest.raises(NotADirectoryError):  # --debug: the traceback
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (  # found with the config, before anything loads
+        f"alignkit: error: command line: output_dir {a_file / 'out'} cannot be created: {a_file} is a file; "
+        "choose a folder elsewhere.")
+    with pytest.raises(ConfigError):  # --debug: the traceback
         cli.main([*args, "--debug"])
 
 

@@ -158,7 +158,7 @@ def test_a_lora_reward_adapter_reloads_by_path_to_the_same_scores(lora_reward, t
 def test_a_full_reward_model_folder_loads_and_a_language_model_folder_is_refused(reward_dir, reference_dir):
     model, tokenizer = evaluation.load_reward_model(reward_dir)
     assert model.config.num_labels == 1 and model.config.pad_token_id == tokenizer.pad_token_id
-    with pytest.raises(ModelError, match="not a reward model"):
+    with pytest.raises(ModelError, match="no reward model"):
         evaluation.load_reward_model(reference_dir)
     with pytest.raises(ModelError, match="not a language model"):
         evaluation.load_for_inference(reward_dir)

@@ -80,7 +80,7 @@ def test_gold_judge_metric_gives_the_gold_judges_rates(load, world):
         f"The fox is {other}.",  # wrong
     ]
     result = load("gold_judge").compute(entity=entity, attribute=attribute, answer=answer)
-    assert result == {"gold_correctness": 0.75, "gold_politeness": 0.75, "gold_concision": 0.75}
+    assert result == {"gold_correctness": 0.75, "gold_politeness": 0.75, "gold_concision": 0.75, "gold_well_formed": 0.0}
     items = list(zip(entity, attribute, answer))
     assert result == GoldJudge(make_world(0)).rates(items)
     judge = gold_judge(0)  # the pipeline's judge plug-in agrees too
