@@ -25,8 +25,8 @@ and there waits for the parent's go (a pipe).
   before, the next batch, forward, backward, optimiser step and every callback);
 - peak RSS: the child's `ru_maxrss` from `os.wait4` (the whole run, saving included);
 - the same start-up and step in the child's CPU time (`*_cpu_*`), which other jobs on a shared machine disturb less;
-- where start-up goes (`to_trainer_init_s`, `trainer_init_s`, `to_train_begin_s`, `first_step_s`), and `total_s`
-  (launch to exit, less the time stopped while the other run stepped).
+- where start-up goes (`to_trainer_init_s`, `trainer_init_s`, `to_train_begin_s`, `first_step_s`, each also in CPU
+  time), and `total_s` (launch to exit, less the time stopped while the other run stepped).
 Each ratio is alignkit ÷ TRL: the median, over the alternated pairs, of the pair's ratio (`pair_ratios` holds them
 all). `startup_ratio` pools the pairs of every stage. On a machine shared with other jobs one pair can be off by
 20% either way, so `*_floor_ratio` adds the least-disturbed view: both sides train on the same batches in the same
@@ -137,6 +137,12 @@ import time
 
 _out = os.environ.get("OVERHEAD_TIMINGS")
 marks = {"launch": float(os.environ.get("OVERHEAD_LAUNCH", "nan")), "interpreter": time.time()}
+cpu_marks = {"interpreter": time.process_time()}
+
+
+def _mark(name, again=True):
+    if again or name not in marks:
+        marks[name], cpu_marks[name] = time.time(), time.process_time()
 steps = []  # wall time at the end of each optimiser step
 resumed = []  # wall time each step's turn began (the end of the previous step when not taking turns)
 cpu_steps = []  # this process's CPU time then (user + system, every thread): less disturbed by other jobs
@@ -165,7 +171,7 @@ def _patch(module):
 
     class Stamp(TrainerCallback):
         def on_train_begin(self, args, state, control, **kwargs):
-            marks["train_begin"] = time.time()
+            _mark("train_begin")
 
         def on_step_end(self, args, state, control, **kwargs):
             steps.append(time.time())
@@ -173,14 +179,14 @@ def _patch(module):
             _take_turn()
 
         def on_train_end(self, args, state, control, **kwargs):
-            marks["train_end"] = time.time()
+            _mark("train_end")
             marks["vmhwm_train_end_kib"] = _vmhwm_kib()
 
     def __init__(self, *args, **kwargs):
-        marks.setdefault("trainer_init_start", time.time())
-        marks.setdefault("base_init_start", time.time())
+        _mark("trainer_init_start", again=False)
+        _mark("base_init_start", again=False)
         original(self, *args, **kwargs)
-        marks["trainer_init_end"] = time.time()
+        _mark("trainer_init_end")
         if not any(isinstance(c, Stamp) for c in self.callback_handler.callbacks):
             self.add_callback(Stamp())
 
@@ -191,7 +197,7 @@ def _patch(module):
         if init is not None:
             @functools.wraps(init)
             def subclass_init(self, *args, **kwargs):
-                marks.setdefault("trainer_init_start", time.time())
+                _mark("trainer_init_start", again=False)
                 return init(self, *args, **kwargs)
 
             cls.__init__ = subclass_init
@@ -218,7 +224,7 @@ class _Finder:
 
         def exec_module(module):
             execute(module)
-            marks["transformers_trainer_imported"] = time.time()
+            _mark("transformers_trainer_imported")
             _patch(module)
 
         spec.loader.exec_module = exec_module
@@ -226,10 +232,10 @@ class _Finder:
 
 
 def _write():
-    marks["exit"] = time.time()
+    _mark("exit")
     marks["vmhwm_exit_kib"] = _vmhwm_kib()
     with open(_out, "w") as f:
-        json.dump({"marks": marks, "steps": steps, "resumed": resumed, "cpu_steps": cpu_steps}, f)
+        json.dump({"marks": marks, "cpu_marks": cpu_marks, "steps": steps, "resumed": resumed, "cpu_steps": cpu_steps}, f)
 
 
 if _out:
@@ -391,8 +397,10 @@ def measurements(data: dict, usage, steps: int, name: str) -> dict:
     def steady(intervals):  # the median step, the first few left out
         return statistics.median(intervals[steady_from(len(intervals)) :])
 
-    def since(a, b):
+    def since(a, b, marks=marks):
         return marks[b] - marks[a] if a in marks and b in marks else None
+
+    cpu_marks = {**data["cpu_marks"], "launch": 0.0, "step_1": data["cpu_steps"][0]}
 
     return {
         "startup_s": stamps[0] - launch,
@@ -408,6 +416,12 @@ def measurements(data: dict, usage, steps: int, name: str) -> dict:
         "to_train_begin_s": since("trainer_init_end", "train_begin"),
         "first_step_s": stamps[0] - marks["train_begin"] if "train_begin" in marks else None,
         "after_train_s": marks["exit"] - resumed[-1],
+        # the same in CPU time
+        "interpreter_cpu_s": since("launch", "interpreter", cpu_marks),
+        "to_trainer_init_cpu_s": since("interpreter", "trainer_init_start", cpu_marks),
+        "trainer_init_cpu_s": since("trainer_init_start", "trainer_init_end", cpu_marks),
+        "to_train_begin_cpu_s": since("trainer_init_end", "train_begin", cpu_marks),
+        "first_step_cpu_s": since("train_begin", "step_1", cpu_marks),
         "rss_train_end_mib": (marks.get("vmhwm_train_end_kib") or 0) / 1024,
         "intervals_s": wall,
         "cpu_intervals_s": cpu,
