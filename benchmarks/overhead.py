@@ -12,21 +12,25 @@ it), built once in the work folder; the data are demo-world conversations (SFT `
 (`prompt`/`chosen`/`rejected`); LoRA on all linear layers, fp32 on CPU, no checkpoints, no evaluation,
 `logging_steps: 1`, tqdm off. Both sides train on the same rows in the same order (the losses match).
 
-Runs alternate between the sides in rounds of one pair per stage (trl first in even rounds, alignkit first in odd
-ones, so a load that grows or fades favours neither), after `--warmup` unrecorded rounds; each run has its own
-`HF_DATASETS_CACHE`, so neither reuses the other's Arrow files or tokenisation.
+Runs come in pairs, one of each side, in rounds of one pair per stage after `--warmup` unrecorded rounds. In a
+pair, one side starts and runs to the end of its first optimiser step alone, then stops; the other does the same;
+then they take turns step by step (which of them goes first swapped every step) so that step k of both runs within
+a few hundred milliseconds, under the same load from other jobs; then each finishes in turn. Which side starts alternates by round. Each run has its
+own `HF_DATASETS_CACHE`, so neither reuses the other's Arrow files or tokenisation.
 A `sitecustomize.py` on each child's PYTHONPATH measures it without changing either program: as
-`transformers.trainer` is imported it wraps `Trainer.__init__` to add a callback that stamps every `on_step_end`.
+`transformers.trainer` is imported it wraps `Trainer.__init__` to add a callback that stamps every `on_step_end`
+and there waits for the parent's go (a pipe).
 - startup: the parent's launch timestamp to the end of the first optimiser step;
-- step: the median interval between optimiser steps, the first few left out (forward, backward, optimiser step,
-  logging and every callback);
+- step: the median step, the first few left out: from its turn's go to its `on_step_end` (logging of the step
+  before, the next batch, forward, backward, optimiser step and every callback);
 - peak RSS: the child's `ru_maxrss` from `os.wait4` (the whole run, saving included);
 - the same start-up and step in the child's CPU time (`*_cpu_*`), which other jobs on a shared machine disturb less;
-- where start-up goes (`to_trainer_init_s`, `trainer_init_s`, `to_train_begin_s`, `first_step_s`) and `total_s`.
+- where start-up goes (`to_trainer_init_s`, `trainer_init_s`, `to_train_begin_s`, `first_step_s`, each also in CPU
+  time), and `total_s` (launch to exit, less the time stopped while the other run stepped).
 Each ratio is alignkit ÷ TRL: the median, over the alternated pairs, of the pair's ratio (`pair_ratios` holds them
 all). `startup_ratio` pools the pairs of every stage. On a machine shared with other jobs one pair can be off by
 20% either way, so `*_floor_ratio` adds the least-disturbed view: both sides train on the same batches in the same
-order, so step k is the same work in every run; the fastest run of each step, and the fastest start-up, per side.
+order, so step k is the same work in every run; per side, the fastest run of each step, and the fastest start-up.
 
 What each side does before step 1: TRL's script parses the YAML, loads the data set and hands the model's path to
 the trainer, which loads model and tokenizer, adds LoRA and tokenises. alignkit also checks keys and data before
@@ -133,8 +137,25 @@ import time
 
 _out = os.environ.get("OVERHEAD_TIMINGS")
 marks = {"launch": float(os.environ.get("OVERHEAD_LAUNCH", "nan")), "interpreter": time.time()}
+cpu_marks = {"interpreter": time.process_time()}
+
+
+def _mark(name, again=True):
+    if again or name not in marks:
+        marks[name], cpu_marks[name] = time.time(), time.process_time()
 steps = []  # wall time at the end of each optimiser step
+resumed = []  # wall time each step's turn began (the end of the previous step when not taking turns)
 cpu_steps = []  # this process's CPU time then (user + system, every thread): less disturbed by other jobs
+_turns = os.environ.get("OVERHEAD_TURNS")  # "<go fd>,<done fd>": after each step, wait for the parent's go
+
+
+def _take_turn():
+    """Say a step is done and wait until the parent lets this process go on (it alternates two runs' steps)."""
+    if _turns:
+        go, done = map(int, _turns.split(","))
+        os.write(done, b"s")
+        os.read(go, 1)
+    resumed.append(time.time())
 
 
 def _vmhwm_kib():
@@ -150,21 +171,22 @@ def _patch(module):
 
     class Stamp(TrainerCallback):
         def on_train_begin(self, args, state, control, **kwargs):
-            marks["train_begin"] = time.time()
+            _mark("train_begin")
 
         def on_step_end(self, args, state, control, **kwargs):
             steps.append(time.time())
             cpu_steps.append(time.process_time())
+            _take_turn()
 
         def on_train_end(self, args, state, control, **kwargs):
-            marks["train_end"] = time.time()
+            _mark("train_end")
             marks["vmhwm_train_end_kib"] = _vmhwm_kib()
 
     def __init__(self, *args, **kwargs):
-        marks.setdefault("trainer_init_start", time.time())
-        marks.setdefault("base_init_start", time.time())
+        _mark("trainer_init_start", again=False)
+        _mark("base_init_start", again=False)
         original(self, *args, **kwargs)
-        marks["trainer_init_end"] = time.time()
+        _mark("trainer_init_end")
         if not any(isinstance(c, Stamp) for c in self.callback_handler.callbacks):
             self.add_callback(Stamp())
 
@@ -175,7 +197,7 @@ def _patch(module):
         if init is not None:
             @functools.wraps(init)
             def subclass_init(self, *args, **kwargs):
-                marks.setdefault("trainer_init_start", time.time())
+                _mark("trainer_init_start", again=False)
                 return init(self, *args, **kwargs)
 
             cls.__init__ = subclass_init
@@ -202,7 +224,7 @@ class _Finder:
 
         def exec_module(module):
             execute(module)
-            marks["transformers_trainer_imported"] = time.time()
+            _mark("transformers_trainer_imported")
             _patch(module)
 
         spec.loader.exec_module = exec_module
@@ -210,10 +232,10 @@ class _Finder:
 
 
 def _write():
-    marks["exit"] = time.time()
+    _mark("exit")
     marks["vmhwm_exit_kib"] = _vmhwm_kib()
     with open(_out, "w") as f:
-        json.dump({"marks": marks, "steps": steps, "cpu_steps": cpu_steps}, f)
+        json.dump({"marks": marks, "cpu_marks": cpu_marks, "steps": steps, "resumed": resumed, "cpu_steps": cpu_steps}, f)
 
 
 if _out:
@@ -267,75 +289,147 @@ def build(work: Path, hidden: int, layers: int, rows: int) -> dict[str, Path]:
     return {"model": model, "data": work / "data"}
 
 
-# ------------------------------------------------------------------------------------------------------- one run
-def run_once(side: str, stage: str, work: Path, paths: dict, steps: int, threads: int, cpu: bool, tag: str) -> dict:
-    run_dir = work / "runs" / f"{stage}-{side}-{tag}"
-    shutil.rmtree(run_dir, ignore_errors=True)
-    run_dir.mkdir(parents=True)
-    config = settings(stage, paths["model"], paths["data"] / stage, run_dir / "output", steps, cpu)
-    if side == "alignkit":
-        config = {**config, **ALIGNKIT_ONLY}
-        cmd = [sys.executable, "-m", "alignkit", stage, "--config", str(run_dir / "config.yaml")]
-    else:
-        cmd = [sys.executable, str(work / f"trl_{stage}.py"), "--config", str(run_dir / "config.yaml")]
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    timings = run_dir / "timings.json"
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(work / "hook")] + [p for p in [os.environ.get("PYTHONPATH")] if p]),
-        "OVERHEAD_TIMINGS": str(timings),
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "HF_DATASETS_CACHE": str(run_dir / "datasets_cache"),  # no run reuses another's Arrow files or tokenisation
-        "TOKENIZERS_PARALLELISM": "false",
-        "OMP_NUM_THREADS": str(threads),
-        "MKL_NUM_THREADS": str(threads),
-    }
-    with open(run_dir / "log.txt", "wb") as log:
-        env["OVERHEAD_LAUNCH"] = repr(time.time())
-        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=run_dir)
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0 or not timings.is_file():
-        tail = (run_dir / "log.txt").read_text(errors="replace")[-3000:]
-        raise RuntimeError(f"{side} {stage} failed (exit {proc.returncode}): {' '.join(cmd)}\n{tail}")
-    data = json.loads(timings.read_text())
-    marks, stamps = data["marks"], data["steps"]
+# ------------------------------------------------------------------------------------------------------- one pair
+class Run:
+    """One child process: `alignkit <stage>` or the plain-TRL script, stopping after each step until told to go on."""
+
+    def __init__(self, side: str, stage: str, work: Path, paths: dict, steps: int, threads: int, cpu: bool, tag: str):
+        self.side, self.stage, self.steps = side, stage, steps
+        self.dir = work / "runs" / f"{stage}-{side}-{tag}"
+        shutil.rmtree(self.dir, ignore_errors=True)
+        self.dir.mkdir(parents=True)
+        config = settings(stage, paths["model"], paths["data"] / stage, self.dir / "output", steps, cpu)
+        if side == "alignkit":
+            config = {**config, **ALIGNKIT_ONLY}
+            self.cmd = [sys.executable, "-m", "alignkit", stage, "--config", str(self.dir / "config.yaml")]
+        else:
+            self.cmd = [sys.executable, str(work / f"trl_{stage}.py"), "--config", str(self.dir / "config.yaml")]
+        (self.dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        self.timings = self.dir / "timings.json"
+        go_read, self.go = os.pipe()
+        self.done, done_write = os.pipe()
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(work / "hook")] + [p for p in [os.environ.get("PYTHONPATH")] if p]),
+            "OVERHEAD_TIMINGS": str(self.timings),
+            "OVERHEAD_TURNS": f"{go_read},{done_write}",
+            "HF_HUB_OFFLINE": "1",
+            "HF_DATASETS_OFFLINE": "1",
+            "HF_DATASETS_CACHE": str(self.dir / "datasets_cache"),  # no run reuses another's Arrow files or tokenisation
+            "TOKENIZERS_PARALLELISM": "false",
+            "OMP_NUM_THREADS": str(threads),
+            "MKL_NUM_THREADS": str(threads),
+        }
+        with open(self.dir / "log.txt", "wb") as log:
+            env["OVERHEAD_LAUNCH"] = repr(time.time())
+            self.proc = subprocess.Popen(self.cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=self.dir,
+                                         pass_fds=(go_read, done_write))
+        os.close(go_read)
+        os.close(done_write)  # so that a child that dies reads as the end of its pipe
+        self.usage = None
+
+    def step_done(self) -> None:
+        """Wait until the child has finished its next optimiser step and stopped."""
+        if os.read(self.done, 1) != b"s":
+            self.wait()
+            raise self.failure()
+
+    def go_on(self) -> None:
+        os.write(self.go, b"g")
+
+    def wait(self) -> None:
+        if self.usage is None:
+            _, status, self.usage = os.wait4(self.proc.pid, 0)
+            self.proc.returncode = os.waitstatus_to_exitcode(status)
+            os.close(self.go)
+            os.close(self.done)
+
+    def kill(self) -> None:
+        if self.usage is None:
+            self.proc.kill()
+            self.wait()
+
+    def failure(self) -> RuntimeError:
+        tail = (self.dir / "log.txt").read_text(errors="replace")[-3000:]
+        return RuntimeError(f"{self.side} {self.stage} failed (exit {self.proc.returncode}): {' '.join(self.cmd)}\n{tail}")
+
+    def finish(self) -> dict:
+        """Let the child run to its end (saving and so on) and read what it measured."""
+        self.go_on()
+        self.wait()
+        if self.proc.returncode != 0 or not self.timings.is_file():
+            raise self.failure()
+        return measurements(json.loads(self.timings.read_text()), self.usage, self.steps, f"{self.side} {self.stage}")
+
+
+def run_pair(first: str, second: str, stage: str, **kwargs) -> dict[str, dict]:
+    """
+    Start `first` and let it reach the end of its first step, then `second` (each starts up alone, the other
+    stopped), then let them take turns step by step — second, first, first, second, second, ... — so that step k of
+    both sides runs within a few hundred milliseconds, under the same load from other jobs; then each finishes.
+    """
+    runs = {}
+    try:
+        for side in (first, second):
+            runs[side] = Run(side, stage, **kwargs)
+            runs[side].step_done()
+        a, b = runs[first], runs[second]
+        for k in range(1, kwargs["steps"]):
+            for run in (a, b) if k % 2 == 0 else (b, a):
+                run.go_on()
+                run.step_done()
+        return {side: runs[side].finish() for side in (first, second)}
+    finally:
+        for run in runs.values():
+            run.kill()
+
+
+def measurements(data: dict, usage, steps: int, name: str) -> dict:
+    marks, stamps, resumed = data["marks"], data["steps"], data["resumed"]
     if len(stamps) != steps:
-        raise RuntimeError(f"{side} {stage}: {len(stamps)} optimiser steps recorded, expected {steps}")
+        raise RuntimeError(f"{name}: {len(stamps)} optimiser steps recorded, expected {steps}")
     launch = marks["launch"]
+    # From the moment a step's turn began (the previous step's end, without turns) to its end.
+    wall = [end - start for start, end in zip(resumed, stamps[1:])]
+    cpu = [b - a for a, b in zip(data["cpu_steps"], data["cpu_steps"][1:])]  # no CPU time passes while stopped
+    waited = sum(r - s for s, r in zip(stamps, resumed))  # stopped while the other run stepped
 
-    def intervals(times):
-        return [b - a for a, b in zip(times, times[1:])]
+    def steady(intervals):  # the median step, the first few left out
+        return statistics.median(intervals[steady_from(len(intervals)) :])
 
-    def steady(times):  # the median interval between optimiser steps, the first few left out
-        return statistics.median(intervals(times)[steady_from(steps - 1) :])
-
-    def since(a, b):
+    def since(a, b, marks=marks):
         return marks[b] - marks[a] if a in marks and b in marks else None
+
+    cpu_marks = {**data["cpu_marks"], "launch": 0.0, "step_1": data["cpu_steps"][0]}
 
     return {
         "startup_s": stamps[0] - launch,
-        "step_s": steady(stamps),
+        "step_s": steady(wall),
         "startup_cpu_s": data["cpu_steps"][0],
-        "step_cpu_s": steady(data["cpu_steps"]),
+        "step_cpu_s": steady(cpu),
         "peak_rss_mib": usage.ru_maxrss / 1024,
-        "total_s": marks["exit"] - launch,
+        "total_s": marks["exit"] - launch - waited,
         # where the start-up goes: launch -> interpreter -> trainer __init__ -> train() -> step 1
         "interpreter_s": since("launch", "interpreter"),
         "to_trainer_init_s": since("interpreter", "trainer_init_start"),
         "trainer_init_s": since("trainer_init_start", "trainer_init_end"),
         "to_train_begin_s": since("trainer_init_end", "train_begin"),
         "first_step_s": stamps[0] - marks["train_begin"] if "train_begin" in marks else None,
-        "after_train_s": since("train_end", "exit"),
+        "after_train_s": marks["exit"] - resumed[-1],
+        # the same in CPU time
+        "interpreter_cpu_s": since("launch", "interpreter", cpu_marks),
+        "to_trainer_init_cpu_s": since("interpreter", "trainer_init_start", cpu_marks),
+        "trainer_init_cpu_s": since("trainer_init_start", "trainer_init_end", cpu_marks),
+        "to_train_begin_cpu_s": since("trainer_init_end", "train_begin", cpu_marks),
+        "first_step_cpu_s": since("train_begin", "step_1", cpu_marks),
         "rss_train_end_mib": (marks.get("vmhwm_train_end_kib") or 0) / 1024,
-        "intervals_s": intervals(stamps),
-        "cpu_intervals_s": intervals(data["cpu_steps"]),
+        "intervals_s": wall,
+        "cpu_intervals_s": cpu,
     }
 
 
 def steady_from(n_intervals: int) -> int:
-    return min(SKIP_STEPS, n_intervals - 1)
+    return max(0, min(SKIP_STEPS, n_intervals - 1))
 
 
 def floor_step(runs: list[dict], key: str) -> float:
@@ -442,9 +536,11 @@ def main(argv: list[str] | None = None) -> dict:
         # Rounds of one pair per stage, so that a stretch of load from other jobs falls on every stage alike.
         for i in range(opts.warmup + opts.runs):
             for stage in stages:
-                # Each pair's order alternates too, so a load that grows or fades favours neither side.
-                for side in ("trl", "alignkit") if i % 2 == 0 else ("alignkit", "trl"):
-                    r = run_once(side, stage, work, paths, opts.steps, opts.threads, cpu, str(i))
+                # Which side starts alternates too, so a load that grows or fades favours neither.
+                order = ("trl", "alignkit") if i % 2 == 0 else ("alignkit", "trl")
+                pair = run_pair(*order, stage, work=work, paths=paths, steps=opts.steps, threads=opts.threads, cpu=cpu,
+                                tag=str(i))
+                for side, r in pair.items():
                     if i >= opts.warmup:
                         results[stage][side].append(r)
                     print(f"{stage} {side} {'warm-up' if i < opts.warmup else i - opts.warmup}: startup "
