@@ -31,6 +31,6 @@ def prepare_dpo(rows: Dataset, tokenizer, args) -> Dataset:
     return DPOTrainer._prepare_dataset(SimpleNamespace(_tokenizer=tokenizer), rows, tokenizer, args, "check")
 
 
-def prepare_reward(rows: Dataset, tokenizer, args) -> Dataset:
+def prepare_reward(rows: Dataset, tokenizer, args, name: str = "check") -> Dataset:
     """`rows` (preference pairs) tokenised by `RewardTrainer._prepare_dataset`: chosen and rejected ids."""
-    return RewardTrainer._prepare_dataset(None, rows, tokenizer, args, "check")
+    return RewardTrainer._prepare_dataset(None, rows, tokenizer, args, name)

@@ -32,7 +32,7 @@ def main(script_args: ScriptArguments, training_args: RewardConfig, model_args: 
     models.check_vocab(model, tokenizer, model_args.model_name_or_path)
     model.config.pad_token_id = tokenizer.pad_token_id  # the score is read at the last non-pad token
     if script_args.prompt_truncation == "left" and training_args.max_length:  # keep long dialogues' latest turns
-        dataset = {split: data.truncate_prompts(rows, tokenizer, training_args.max_length) for split, rows in dataset.items()}
+        dataset = {split: data.tokenize_reward_pairs(rows, tokenizer, training_args, split) for split, rows in dataset.items()}
 
     trainer = RewardTrainer(
         model=model,

@@ -48,7 +48,7 @@ def preview(spec: Stage, train, tokenizer, script_args, training_args, name: str
             what = "training pairs"
         elif spec.preview == "reward":
             if script_args.prompt_truncation == "left" and args.max_length:  # as the recipe does
-                rows = data.truncate_prompts(rows, tokenizer, args.max_length)
+                rows = data.tokenize_reward_pairs(rows, tokenizer, args, "check")
             shown, kept, loss = _preview_reward(rows, tokenizer, args)
             what = "training pairs"
         else:

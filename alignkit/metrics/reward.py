@@ -8,14 +8,18 @@ from alignkit.metrics.scores import mean_margin, pairwise_accuracy
 
 
 @torch.no_grad()
-def reward_stats(trainer, batch_size: int | None = None) -> dict[str, float]:
+def reward_stats(trainer, batch_size: int | None = None, max_pairs: int = 2000) -> dict[str, float]:
     """
     A reward model's scores on its eval split (train if none), read from the trainer's own tokenised pairs so
     they are scored exactly as in training: pairwise accuracy and mean margin, the score distribution (for
     normalising rewards later), and a length-bias check — how often the model prefers the longer answer of a
-    pair, beside how often the data's chosen answer is the longer one.
+    pair, beside how often the data's chosen answer is the longer one. At most `max_pairs` pairs, spread evenly
+    over the split: enough for these statistics, and a large split without eval would otherwise cost as long again
+    as training (17 s of 4,000 training pairs after a 30-step run).
     """
     dataset = trainer.eval_dataset if trainer.eval_dataset is not None else trainer.train_dataset
+    if len(dataset) > max_pairs:
+        dataset = dataset.select(sorted({i * len(dataset) // max_pairs for i in range(max_pairs)}))
     batch_size = batch_size or trainer.args.per_device_eval_batch_size  # pairs per forward, as in evaluation
     model = trainer.model
     was_training = model.training

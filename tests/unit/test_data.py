@@ -722,6 +722,44 @@ def test_a_conversational_pair_whose_answer_alone_is_too_long_keeps_its_last_tur
     assert length(kept["prompt"] + kept["chosen"]) <= 96 and kept["rejected"] == row["rejected"]
 
 
+def test_reward_pairs_are_tokenised_once_exactly_as_trls_reward_trainer_and_only_too_long_ones_are_cut(tiny_base, tmp_path):
+    from trl import ModelConfig, RewardConfig
+
+    from alignkit import trl_internals
+    from alignkit.data import tokenize_reward_pairs, truncate_prompts
+    from alignkit.models import load_tokenizer
+
+    tokenizer = load_tokenizer(ModelConfig(model_name_or_path=str(tiny_base)))
+    args = RewardConfig(output_dir=str(tmp_path), max_length=64, use_cpu=True, bf16=False)
+    long_prompt = "The fox is red. " * 30 + "What color is the fox?"
+    text = Dataset.from_list([
+        {"prompt": "What color is the fox?", "chosen": " Red.", "rejected": " Blue, you fool."},
+        {"prompt": long_prompt, "chosen": " Red.", "rejected": " Blue."},
+    ])
+    implicit = Dataset.from_list([  # hh-rlhf's shape: the prompt is the answers' shared start
+        {"chosen": "Q: Which color is the owl? A: Grey.", "rejected": "Q: Which color is the owl? A: Pink!"},
+        {"chosen": long_prompt + " A: Red.", "rejected": long_prompt + " A: Blue."},
+    ])
+    turns = lambda role, content: [{"role": role, "content": content}]  # noqa: E731
+    chat = Dataset.from_list([
+        {"prompt": turns("user", "What color is the fox?"), "chosen": turns("assistant", "Red."), "rejected": turns("assistant", "Blue.")},
+        {"prompt": turns("user", long_prompt) + turns("assistant", "Ask.") + turns("user", "And the owl?"),  # whole turns are cut
+         "chosen": turns("assistant", "Grey."), "rejected": turns("assistant", "Blue.")},
+    ])
+    for rows, too_long in ((text, 1), (implicit, 1), (chat, 1)):
+        ours = tokenize_reward_pairs(rows, tokenizer, args)
+        trls = trl_internals.prepare_reward(rows, tokenizer, args)  # TRL's own, which drops the too-long pair
+        kept = [i for i in range(len(rows)) if i != too_long]
+        assert [ours[i]["chosen_ids"] for i in kept] == trls["chosen_ids"]
+        assert [ours[i]["rejected_ids"] for i in kept] == trls["rejected_ids"]
+        # The too-long pair is kept, cut as `truncate_prompts` cuts it, in its place.
+        cut = trl_internals.prepare_reward(truncate_prompts(rows.select([too_long]), tokenizer, 64), tokenizer, args)[0]
+        assert ours[too_long]["chosen_ids"] == cut["chosen_ids"] and len(cut["chosen_ids"]) <= 64
+        assert len(ours) == len(rows)
+        # The trainer takes these ids as they are: its own preparation leaves them unchanged.
+        assert trl_internals.prepare_reward(ours, tokenizer, args)["chosen_ids"] == ours["chosen_ids"]
+
+
 # ------------------------------------------------------------------------------------- mixtures (`datasets`)
 def mixture(entries, stage: str = "sft", **script_args):
     script_args.setdefault("eval_split_size", 0)
