@@ -15,8 +15,9 @@ it), built once in the work folder; the data are demo-world conversations (SFT `
 Runs come in pairs, one of each side, in rounds of one pair per stage after `--warmup` unrecorded rounds. In a
 pair, one side starts and runs to the end of its first optimiser step alone, then stops; the other does the same;
 then they take turns step by step (which of them goes first swapped every step) so that step k of both runs within
-a few hundred milliseconds, under the same load from other jobs; then each finishes in turn. Which side starts alternates by round. Each run has its
-own `HF_DATASETS_CACHE`, so neither reuses the other's Arrow files or tokenisation.
+a few hundred milliseconds, under the same load from other jobs; then each finishes in turn. Which side starts
+alternates by round. Each run has its own `HF_DATASETS_CACHE`, so neither reuses the other's Arrow files or
+tokenisation.
 A `sitecustomize.py` on each child's PYTHONPATH measures it without changing either program: as
 `transformers.trainer` is imported it wraps `Trainer.__init__` to add a callback that stamps every `on_step_end`
 and there waits for the parent's go (a pipe).
