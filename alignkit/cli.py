@@ -33,9 +33,19 @@ def _fail(error: AlignkitError | str) -> None:
     sys.exit(2)
 
 
-def _interrupted() -> None:
-    print("alignkit: interrupted", file=sys.stderr)
-    sys.exit(130)
+@contextlib.contextmanager
+def _reported(debug: bool):
+    """End on a user error, an operating-system error or Ctrl-C with one line (exit 2, or 130), or with its
+    traceback under `--debug`."""
+    try:
+        yield
+    except (AlignkitError, OSError, KeyboardInterrupt) as e:
+        if debug:
+            raise
+        if isinstance(e, KeyboardInterrupt):
+            print("alignkit: interrupted", file=sys.stderr)
+            sys.exit(130)
+        _fail(os_error_message(e) if isinstance(e, OSError) else e)
 
 
 def os_error_message(error: OSError) -> str:
@@ -72,7 +82,7 @@ def run_recipe(stage: str, args: list[str] | None = None, main: Callable | None 
     debug = "--debug" in args
     if debug:
         args.remove("--debug")
-    try:
+    with _reported(debug):
         preflight.check(stage, args)  # typos and bad data fail before the ML stack's ~5 s import
         from alignkit.config import parse_args, stage_dataclasses
 
@@ -90,18 +100,6 @@ def run_recipe(stage: str, args: list[str] | None = None, main: Callable | None 
                 with contextlib.suppress(OSError):  # another process of the run removed it first
                     output_dir.rmdir()
             raise
-    except AlignkitError as e:
-        if debug:
-            raise
-        _fail(e)
-    except OSError as e:
-        if debug:
-            raise
-        _fail(os_error_message(e))
-    except KeyboardInterrupt:
-        if debug:
-            raise
-        _interrupted()
 
 
 def _field_line(f: dataclasses.Field) -> str:
@@ -161,23 +159,11 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     debug = "--debug" in rest
     rest = [a for a in rest if a != "--debug"]
-    try:
+    with _reported(debug):
         module = importlib.import_module(COMMANDS[command])
         # A module serving several commands (merge, push) has one `<command>_main` each.
         entry = getattr(module, f"{command}_main", None) or module.main
         entry(rest)
-    except AlignkitError as e:
-        if debug:
-            raise
-        _fail(e)
-    except OSError as e:
-        if debug:
-            raise
-        _fail(os_error_message(e))
-    except KeyboardInterrupt:
-        if debug:
-            raise
-        _interrupted()
 
 
 if __name__ == "__main__":
