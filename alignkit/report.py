@@ -41,6 +41,8 @@ FIGURES_DIR = "figures"
 STATUS = {"skip": "skipped", "resume": "resumed", "start": "trained", "rerun": "trained"}
 # The names the series a stage logs per update (`Stage.series`) get in its report row.
 SERIES_NAMES = {"score": "reward", "kl": "kl", "audit_score": "audit_reward", AUDIT_REWARD: "audit_reward"}
+# Legend labels of the curves that are not plain log keys: the optimised and the audit reward model side by side.
+CURVE_LABELS = {"audit_score": "audit RM", AUDIT_REWARD: "audit RM"}
 
 
 # ------------------------------------------------------------------------------------------------ evaluating
@@ -340,7 +342,7 @@ def plot_curves(name: str, recipe: str, history: list[dict], target: Path) -> bo
     for ax, (title, keys) in zip(axes[0], panels):
         for key in keys:
             points = [(h.get("step", h.get("update")), h[key]) for h in history if key in h]
-            ax.plot(*zip(*points), marker="o" if len(points) < 4 else None, markersize=3, label=key)
+            ax.plot(*zip(*points), marker="o" if len(points) < 4 else None, markersize=3, label=CURVE_LABELS.get(key, key))
         ax.set_title(title, fontsize=10)
         ax.set_xlabel(x_label, fontsize=9)
         ax.tick_params(labelsize=8)

@@ -2,13 +2,18 @@
 model (trained on pairs whose "chosen" answer is the bad one) is flagged, because a sound audit reward model, trained
 on other pairs and never optimised against, scores its answers lower and lower; PPO against a sound one is not."""
 
+import contextlib
+import io
 import json
 
 import pytest
 import yaml
-from conftest import FAST, write_jsonl
+from conftest import FAST, run_stage, write_jsonl
 
 from alignkit import report
+from alignkit.outputs import read_run
+from alignkit.ppo import PPOStoppedError
+from alignkit.rewards import overoptimisation
 from alignkit.runner import run_pipeline
 
 QUICK = dict(zip((k[2:] for k in FAST[::2]), FAST[1::2]))
@@ -68,14 +73,16 @@ def run(tiny_base, data, tmp_path_factory):
     }
     path = root / "pipeline.yaml"
     path.write_text(yaml.safe_dump(pipeline, sort_keys=False))
-    return run_pipeline(path), root / "out"
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        result = run_pipeline(path)
+    return result, root / "out", printed.getvalue()
 
 
-def test_ppo_against_a_flawed_reward_model_is_flagged_by_the_audit_reward_model(run, capsys):
-    result, out = run
+def test_ppo_against_a_flawed_reward_model_is_flagged_by_the_audit_reward_model(run):
+    result, out, printed = run
     stages = result["stages"]
-    # The set-up: the flawed reward model prefers the held-out "rejected" answers, the audit one the "chosen" ones.
-    assert stages["reward_flawed"]["eval_accuracy"] < 0.5 < stages["reward_audit"]["eval_accuracy"]
+    # The set-up: each reward model learned its own pairs (the flawed one's held-out pairs are swapped too).
+    assert stages["reward_flawed"]["eval_accuracy"] > 0.5 and stages["reward_audit"]["eval_accuracy"] > 0.5
     flawed = stages["ppo_flawed"]
     history = json.loads((out / "ppo_flawed" / "trainer_state.json").read_text())["log_history"]
     assert flawed["audit_reward"] == [h["audit_score"] for h in history] and len(history) == UPDATES
@@ -84,7 +91,7 @@ def test_ppo_against_a_flawed_reward_model_is_flagged_by_the_audit_reward_model(
     print("ppo_flawed:", found, "score", flawed["reward"], "audit", flawed["audit_reward"])
     assert found["optimised_end"] > found["optimised_start"] and found["audit_end"] < found["audit_best"]
     # The run said so, in one line naming both reward models' numbers, and the report and table carry it.
-    warning = next(line for line in capsys.readouterr().out.splitlines() if "over-optimisation" in line)
+    warning = next(line for line in printed.splitlines() if "over-optimisation" in line)
     assert warning.startswith("[alignkit run] warning: ppo_flawed: over-optimisation:")
     assert f"{found['optimised_end']:.2f}" in warning and f"{found['audit_end']:.2f}" in warning
     assert json.loads((out / "report.json").read_text())["stages"]["ppo_flawed"]["overoptimised"] is True
@@ -93,7 +100,8 @@ def test_ppo_against_a_flawed_reward_model_is_flagged_by_the_audit_reward_model(
 
 
 def test_ppo_against_a_sound_reward_model_is_not_flagged(run):
-    result, _ = run
+    result, _, printed = run
+    assert "ppo_sound: over-optimisation" not in printed
     sound = result["stages"]["ppo_sound"]
     print("ppo_sound: score", sound["reward"], "audit", sound["audit_reward"])
     assert sound["overoptimised"] is False and "overoptimisation" not in sound
@@ -101,7 +109,7 @@ def test_ppo_against_a_sound_reward_model_is_not_flagged(run):
 
 
 def test_every_policy_row_shows_both_reward_models_scores(run):
-    result, out = run
+    result, out, _ = run
     stages = result["stages"]
     for name in ("sft", "ppo_flawed", "ppo_sound"):
         assert isinstance(stages[name]["rm_score"], float) and isinstance(stages[name]["audit_rm_score"], float)
@@ -112,3 +120,18 @@ def test_every_policy_row_shows_both_reward_models_scores(run):
     assert "RM score" in table[0] and "audit RM" in table[0]
     assert "| audit RM |" in (out / "report.md").read_text()
     assert (out / "figures" / "ppo_flawed.png").is_file()
+
+
+def test_stop_on_overoptimisation_stops_ppo_at_the_first_update_the_rule_fires(run, data, tmp_path):
+    result, out, _ = run
+    # The same run as ppo_flawed (same seed, deterministic on CPU), now told to stop: it stops where the rule, checked
+    # from update 8 on, first fires on its log.
+    std = [read_run(out / name)["reward_stats"]["std"] for name in ("reward_flawed", "reward_audit")]
+    score, audit = result["stages"]["ppo_flawed"]["reward"], result["stages"]["ppo_flawed"]["audit_reward"]
+    first = next(n for n in range(8, UPDATES + 1) if overoptimisation(score[:n], audit[:n], scales=tuple(std)))
+    args = ppo_stage("reward_flawed", data["sound"])["args"]
+    flags = [f"--{k}={v}" for k, v in args.items()]
+    with pytest.raises(PPOStoppedError, match=rf"PPO stopped at update {first}: over-optimisation: the optimised"):
+        run_stage("ppo", *flags, "--model_name_or_path", str(out / "sft"), "--reward_model_path", str(out / "reward_flawed"),
+                  "--audit_reward_model_path", str(out / "reward_audit"), "--stop_on_overoptimisation", "true",
+                  "--output_dir", str(tmp_path / "ppo"))
