@@ -7,7 +7,9 @@ After each stage `alignkit run` writes, in the pipeline's `output_dir`:
   policy, the judge's rates (the demo: `gold_correctness`, `gold_politeness`, `gold_concision`, `gold_well_formed`)
   on the same held-out prompts, its reward model score (`rm_score`), the reward model's win rate over the stage it started
   from (`rm_win_rate_vs_previous`) and the per-token KL to it (`kl_to_previous`; `..._sft` too when that stage
-  is an SFT stage), a few example answers; PPO adds its score (`reward`) and `kl` per update; `tracking`: where
+  is an SFT stage), a few example answers; PPO adds its score (`reward`) and `kl` per update; with an audit reward
+  model (`evaluation.audit_reward_model`), its score of the answers (`audit_rm_score`; per update: `audit_reward`)
+  and `overoptimised` (`overoptimisation_of`: the numbers in `overoptimisation` when true); `tracking`: where
   the stage's run logged (`report_to`), as [tracker, TensorBoard folder relative to the report or URL] pairs;
 - `report.md`: the same as Markdown — the table, example answers from every stage side by side, the figures, and
   the stages with links to their tracking runs;
@@ -128,28 +130,29 @@ def _score_std(pipeline: Pipeline, reward_stage: str | None) -> float:
     return float(stats.get("std") or 1.0)
 
 
-def overoptimisation_of(pipeline: Pipeline, stage: Stage, row: Mapping) -> dict | None:
+def overoptimisation_of(pipeline: Pipeline, stage: Stage, row: Mapping) -> tuple[bool, dict | None]:
     """
     `alignkit.rewards.overoptimisation` for a policy's row: over its per-update log when it has one (online RL:
     the optimised reward model's score against the audit one's), else from the stage it started from to it on the
     held-out prompts (`previous_rm_score` -> `rm_score` against the audit scores). Raw scores are compared in
     units of each reward model's score std; GRPO/RLOO log normalised ones (`normalize_reward`, the default).
+    Returns (whether there was anything to check, the rule's finding or None).
     """
     audit = audit_reward_model_for(pipeline, stage)
     if audit is None:
-        return None
+        return False, None
     scales = (_score_std(pipeline, reward_model_for(pipeline, stage)), _score_std(pipeline, audit))
     if row.get("audit_reward"):
         if stage.recipe in ("grpo", "rloo") and (read_saved_config(pipeline.stage_dir(stage.name)) or {}).get(
                 "normalize_reward", True):
             scales = (1.0, 1.0)
         found = overoptimisation(row.get("reward") or [], row["audit_reward"], scales=scales)
-        return {**found, "over": "updates"} if found else None
+        return True, {**found, "over": "updates"} if found else None
     pairs = [row.get(k) for k in ("previous_rm_score", "rm_score", "previous_audit_rm_score", "audit_rm_score")]
     if any(v is None for v in pairs):
-        return None
+        return False, None
     found = overoptimisation(pairs[:2], pairs[2:], scales=scales)
-    return {**found, "over": "held-out prompts"} if found else None
+    return True, {**found, "over": "held-out prompts"} if found else None
 
 
 def stage_row(pipeline: Pipeline, stage: Stage, action: str, seconds: float | None, evaluator: Evaluator,
@@ -200,10 +203,10 @@ def stage_row(pipeline: Pipeline, stage: Stage, action: str, seconds: float | No
             row.update(kl_to_sft=row["kl_to_previous"], rm_win_rate_vs_sft=row["rm_win_rate_vs_previous"],
                        sft_rm_score=row["previous_rm_score"])
     for logged in spec.series:  # per update (online RL): the reward model's score rises while KL stays bounded
-        if any(logged in h for h in history):
+        if logged not in CURVE_LABELS or any(logged in h for h in history):  # no empty audit series without one
             row[SERIES_NAMES.get(logged, logged)] = [h[logged] for h in history if logged in h]
-    if audit:
-        found = overoptimisation_of(pipeline, stage, row)
+    checked, found = overoptimisation_of(pipeline, stage, row) if audit else (False, None)
+    if checked:  # absent when there was nothing to compare (no audit reward model, no prompts, no log)
         row["overoptimised"] = found is not None
         if found:
             row["overoptimisation"] = found
