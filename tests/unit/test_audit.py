@@ -109,3 +109,10 @@ def test_an_audit_reward_model_that_is_no_reward_stage_or_is_optimised_against_i
     with pytest.raises(ConfigError) as excinfo:
         load_pipeline(pipeline_file(tmp_path, **kwargs)).validate()
     assert message in str(excinfo.value) and len(str(excinfo.value).splitlines()) <= 2
+
+
+def test_stop_on_overoptimisation_without_an_audit_reward_model_is_refused(tmp_path):
+    from alignkit.ppo import PPOConfig
+
+    with pytest.raises(ValueError, match="stop_on_overoptimisation needs audit_reward_model_path"):
+        PPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", stop_on_overoptimisation=True)
