@@ -49,7 +49,7 @@ INPUTS = stages.INPUT_KEYS
 PIPELINE_KEYS = ("base_model", "output_dir", "setup", "evaluation", "stages")
 STAGE_KEYS = ("recipe", "config", *INPUTS, "args", "num_processes", "accelerate_config")
 EVALUATION_KEYS = ("prompts", "judge", "max_new_tokens", "batch_size", "num_examples", "audit_reward_model")
-# The config key an online stage (one with a `reward_model`) gets the audit reward stage's output in.
+# The config key an online stage (PPO, GRPO, RLOO) gets the audit reward stage's output in.
 AUDIT_KEY = "audit_reward_model_path"
 # Keys the pipeline sets itself in every stage's config.
 RUNNER_KEYS = ("output_dir", "overwrite_output_dir", "resume_from_checkpoint")
@@ -236,7 +236,7 @@ class Pipeline:
                     name, f"optimises against '{audit}', the audit reward model (evaluation.audit_reward_model)",
                     "An audit reward model must never be optimised against: train another reward stage for one of the two",
                 )
-            if "reward_model" in stage.inputs and names.index(audit) > names.index(name):
+            if AUDIT_KEY in stage_keys(stage.recipe) and names.index(audit) > names.index(name):
                 raise self.error(
                     name, f"runs before the audit reward stage '{audit}', so it cannot log its score",
                     f"Move '{audit}' above '{name}'",
@@ -333,9 +333,8 @@ class Pipeline:
         return None if audit is None else str(audit)
 
     def audits(self, stage: Stage) -> bool:
-        """Whether `stage` is handed the audit reward model: an online stage (it has a `reward_model`) that takes one."""
-        return (self.audit_stage in self.stages and "reward_model" in stage.inputs
-                and AUDIT_KEY in stage_keys(stage.recipe))
+        """Whether `stage` is handed the audit reward model: an online stage (PPO, GRPO, RLOO: one that takes it)."""
+        return self.audit_stage in self.stages and AUDIT_KEY in stage_keys(stage.recipe)
 
     def settings(self, stage: Stage) -> dict[str, Any]:
         """
