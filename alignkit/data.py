@@ -549,9 +549,10 @@ def load_sources(script_args, stage: str, text_field: str = "text") -> list[Sour
     raw = load_raw(script_args.dataset_name, script_args.dataset_config, script_args.dataset_streaming)
     name = script_args.dataset_name
     train_split, test_split = script_args.dataset_train_split, script_args.dataset_test_split
-    if train_split not in raw:
-        raise DataError(f"{name} has no '{train_split}' split (it has {sorted(raw)}); set `dataset_train_split`.")
-    train, fmt = prepare(raw[train_split], stage, _source(name, train_split), text_field)
+    # `datasets`' slice syntax (`train[:50%]`, `train[500:]`) as `load_dataset(split=...)` takes it: disjoint parts
+    # of one data set, e.g. for a second (audit) reward model.
+    selected, label = _slice_split(raw, train_split, name)
+    train, fmt = prepare(selected, stage, label, text_field)
     test = None
     if test_split in raw and test_split != train_split:
         test, _ = prepare(raw[test_split], stage, _source(name, test_split), text_field)
@@ -728,6 +729,21 @@ def _select_split(raw: DatasetDict, entry, where: str) -> tuple[Dataset, str]:
         raise DataError(f"{where} has no split '{spec}' (it has {sorted(raw)}); set its `split`.") from None
     parts = [raw[r.splitname].select(range(r.from_, r.to)) for r in ranges]
     return (concatenate_datasets(parts) if len(parts) > 1 else parts[0]), f"{entry.path} [{spec}]"
+
+
+def _slice_split(raw: DatasetDict, spec: str, name: str) -> tuple[Dataset, str]:
+    """Split `spec` of `raw` — a name, or a slice such as `train[:50%]` — and how row errors name it."""
+    if spec in raw:
+        return raw[spec], _source(name, spec)
+    try:
+        ranges = ReadInstruction.from_spec(spec).to_absolute({n: len(split) for n, split in raw.items()})
+    except (ValueError, AssertionError, KeyError):
+        raise DataError(
+            f"{name} has no '{spec}' split (it has {sorted(raw)}); set `dataset_train_split` to one of them or a "
+            "slice of one, e.g. `train[:50%]`."
+        ) from None
+    parts = [raw[r.splitname].select(range(r.from_, r.to)) for r in ranges]
+    return (concatenate_datasets(parts) if len(parts) > 1 else parts[0]), f"{name} [{spec}]"
 
 
 def _apply_fractions(sources: list[Source], fractions: list[float]) -> None:

@@ -48,7 +48,9 @@ from alignkit.outputs import (
 INPUTS = stages.INPUT_KEYS
 PIPELINE_KEYS = ("base_model", "output_dir", "setup", "evaluation", "stages")
 STAGE_KEYS = ("recipe", "config", *INPUTS, "args", "num_processes", "accelerate_config")
-EVALUATION_KEYS = ("prompts", "judge", "max_new_tokens", "batch_size", "num_examples")
+EVALUATION_KEYS = ("prompts", "judge", "max_new_tokens", "batch_size", "num_examples", "audit_reward_model")
+# The config key an online stage (PPO, GRPO, RLOO) gets the audit reward stage's output in.
+AUDIT_KEY = "audit_reward_model_path"
 # Keys the pipeline sets itself in every stage's config.
 RUNNER_KEYS = ("output_dir", "overwrite_output_dir", "resume_from_checkpoint")
 VARIABLE = re.compile(r"\$\{([^}]*)\}")
@@ -209,12 +211,36 @@ class Pipeline:
     def _check_evaluation(self) -> None:
         if not self.evaluation:
             return
-        if "prompts" not in self.evaluation:
+        self._check_audit()
+        if "prompts" not in self.evaluation and set(self.evaluation) != {"audit_reward_model"}:
             raise self.error(None, "evaluation has no prompts", "Add `prompts: <a JSONL file with a prompt column>`")
         for key in ("max_new_tokens", "batch_size", "num_examples"):
             value = self.evaluation.get(key)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < (0 if key == "num_examples" else 1)):
                 raise self.error(None, f"evaluation.{key} must be a positive whole number, got {value!r}", "Fix its value")
+
+    def _check_audit(self) -> None:
+        """`evaluation.audit_reward_model`: a reward stage that no stage optimises against, trained before they run."""
+        audit = self.audit_stage
+        if audit is None:
+            return
+        rewards = [n for n, s in self.stages.items() if not s.spec.is_policy]
+        if audit not in rewards:
+            what = f"is a {self.stages[audit].recipe} stage" if audit in self.stages else "is no stage of this pipeline"
+            raise self.error(None, f"evaluation.audit_reward_model '{audit}' {what}{closest_hint(audit, rewards)}",
+                             f"Name a reward stage ({', '.join(rewards) or 'add one'})")
+        names = list(self.stages)
+        for name, stage in self.stages.items():
+            if stage.inputs.get("reward_model") == audit:
+                raise self.error(
+                    name, f"optimises against '{audit}', the audit reward model (evaluation.audit_reward_model)",
+                    "An audit reward model must never be optimised against: train another reward stage for one of the two",
+                )
+            if AUDIT_KEY in stage_keys(stage.recipe) and names.index(audit) > names.index(name):
+                raise self.error(
+                    name, f"runs before the audit reward stage '{audit}', so it cannot log its score",
+                    f"Move '{audit}' above '{name}'",
+                )
 
     def _check_variables(self) -> None:
         strings = [self.base_model, self.output_dir, *self.evaluation.values()]
@@ -300,11 +326,26 @@ class Pipeline:
         raw = self._raw_input(value)
         return self.substitute(raw) if "${" in raw else self.resolve_path(raw, key="base_model" if value == "base" else None)
 
+    @property
+    def audit_stage(self) -> str | None:
+        """The reward stage `evaluation.audit_reward_model` names: watched, never optimised against (or None)."""
+        audit = self.evaluation.get("audit_reward_model")
+        return None if audit is None else str(audit)
+
+    def audits(self, stage: Stage) -> bool:
+        """Whether `stage` is handed the audit reward model: an online stage (PPO, GRPO, RLOO: one that takes it)."""
+        return self.audit_stage in self.stages and AUDIT_KEY in stage_keys(stage.recipe)
+
     def settings(self, stage: Stage) -> dict[str, Any]:
-        """The stage's whole config: its config file, then its inline args, its inputs and its output folder."""
+        """
+        The stage's whole config: its config file, then its inline args, its inputs and its output folder (and, for
+        an online stage, the audit reward stage's output as `audit_reward_model_path` unless it sets one).
+        """
         settings = {**self._config(stage), **self.substitute(stage.args)}
         for role, value in stage.inputs.items():
             settings[INPUTS[role]] = self.input_path(value)
+        if self.audits(stage) and settings.get(AUDIT_KEY) is None:
+            settings[AUDIT_KEY] = str(self.stage_dir(self.audit_stage))
         settings["output_dir"] = str(self.stage_dir(stage.name))
         return settings
 
@@ -371,8 +412,9 @@ class Pipeline:
     # ------------------------------------------------------------------------------------ what stages ran from
 
     def input_stages(self, stage: Stage) -> list[str]:
-        """The stages of this pipeline whose outputs `stage` reads."""
-        return list(dict.fromkeys(value for value in stage.inputs.values() if value in self.stages))
+        """The stages of this pipeline whose outputs `stage` reads (the audit reward model's, for an online stage)."""
+        audit = [self.audit_stage] if self.audits(stage) else []
+        return list(dict.fromkeys(value for value in [*stage.inputs.values(), *audit] if value in self.stages))
 
     def run_digest(self, name: str) -> str | None:
         """A digest of stage `name`'s run record (None when it holds no finished run): it changes with every run."""

@@ -7,7 +7,9 @@ After each stage `alignkit run` writes, in the pipeline's `output_dir`:
   policy, the judge's rates (the demo: `gold_correctness`, `gold_politeness`, `gold_concision`, `gold_well_formed`)
   on the same held-out prompts, its reward model score (`rm_score`), the reward model's win rate over the stage it started
   from (`rm_win_rate_vs_previous`) and the per-token KL to it (`kl_to_previous`; `..._sft` too when that stage
-  is an SFT stage), a few example answers; PPO adds its score (`reward`) and `kl` per update; `tracking`: where
+  is an SFT stage), a few example answers; PPO adds its score (`reward`) and `kl` per update; with an audit reward
+  model (`evaluation.audit_reward_model`), its score of the answers (`audit_rm_score`; per update: `audit_reward`)
+  and `overoptimised` (`overoptimisation_of`: the numbers in `overoptimisation` when true); `tracking`: where
   the stage's run logged (`report_to`), as [tracker, TensorBoard folder relative to the report or URL] pairs;
 - `report.md`: the same as Markdown — the table, example answers from every stage side by side, the figures, and
   the stages with links to their tracking runs;
@@ -30,16 +32,19 @@ from typing import Any
 from alignkit import evaluation, tracking
 from alignkit.errors import ConfigError
 from alignkit.evaluation.judges import judge_columns, load_judge
-from alignkit.outputs import RUN_FILE_NAME, read_run
+from alignkit.outputs import RUN_FILE_NAME, read_run, read_saved_config
 from alignkit.pipeline import Pipeline, Stage
-from alignkit.stages import STAGES
+from alignkit.rewards import describe_overoptimisation, overoptimisation
+from alignkit.stages import AUDIT_REWARD, STAGES
 
 JSON_FILE = "report.json"
 MARKDOWN_FILE = "report.md"
 FIGURES_DIR = "figures"
 STATUS = {"skip": "skipped", "resume": "resumed", "start": "trained", "rerun": "trained"}
 # The names the series a stage logs per update (`Stage.series`) get in its report row.
-SERIES_NAMES = {"score": "reward", "kl": "kl"}
+SERIES_NAMES = {"score": "reward", "kl": "kl", "audit_score": "audit_reward", AUDIT_REWARD: "audit_reward"}
+# Legend labels of the curves that are not plain log keys: the optimised and the audit reward model side by side.
+CURVE_LABELS = {"audit_score": "audit RM", AUDIT_REWARD: "audit RM"}
 
 
 # ------------------------------------------------------------------------------------------------ evaluating
@@ -62,7 +67,7 @@ class Evaluator:
     @classmethod
     def from_pipeline(cls, pipeline: Pipeline) -> Evaluator:
         settings = pipeline.evaluation
-        if not settings:
+        if "prompts" not in settings:  # nothing to evaluate on (an audit reward model alone is logged in training)
             return cls()
         prompts = pipeline.substitute(str(settings["prompts"]))
         judge_name = settings.get("judge")
@@ -108,8 +113,46 @@ def reward_model_for(pipeline: Pipeline, stage: Stage) -> str | None:
     if own in pipeline.stages:
         return own
     names = list(pipeline.stages)
-    earlier = [n for n in names[: names.index(stage.name)] if not pipeline.stages[n].spec.is_policy]
+    earlier = [n for n in names[: names.index(stage.name)]
+               if not pipeline.stages[n].spec.is_policy and n != pipeline.audit_stage]
     return earlier[-1] if earlier else None
+
+
+def audit_reward_model_for(pipeline: Pipeline, stage: Stage) -> str | None:
+    """The audit reward stage (`evaluation.audit_reward_model`) when it runs before `stage`, else None."""
+    audit, names = pipeline.audit_stage, list(pipeline.stages)
+    return audit if audit in pipeline.stages and names.index(audit) < names.index(stage.name) else None
+
+
+def _score_std(pipeline: Pipeline, reward_stage: str | None) -> float:
+    """The std of a reward stage's scores on its held-out pairs (its raw scores' scale), 1.0 when not recorded."""
+    stats = (read_run(pipeline.stage_dir(reward_stage)) or {}).get("reward_stats") or {} if reward_stage else {}
+    return float(stats.get("std") or 1.0)
+
+
+def overoptimisation_of(pipeline: Pipeline, stage: Stage, row: Mapping) -> tuple[bool, dict | None]:
+    """
+    `alignkit.rewards.overoptimisation` for a policy's row: over its per-update log when it has one (online RL:
+    the optimised reward model's score against the audit one's), else from the stage it started from to it on the
+    held-out prompts (`previous_rm_score` -> `rm_score` against the audit scores). Raw scores are compared in
+    units of each reward model's score std; GRPO/RLOO log normalised ones (`normalize_reward`, the default).
+    Returns (whether there was anything to check, the rule's finding or None).
+    """
+    audit = audit_reward_model_for(pipeline, stage)
+    if audit is None:
+        return False, None
+    scales = (_score_std(pipeline, reward_model_for(pipeline, stage)), _score_std(pipeline, audit))
+    if row.get("audit_reward"):
+        if stage.recipe in ("grpo", "rloo") and (read_saved_config(pipeline.stage_dir(stage.name)) or {}).get(
+                "normalize_reward", True):
+            scales = (1.0, 1.0)
+        found = overoptimisation(row.get("reward") or [], row["audit_reward"], scales=scales)
+        return True, {**found, "over": "updates"} if found else None
+    pairs = [row.get(k) for k in ("previous_rm_score", "rm_score", "previous_audit_rm_score", "audit_rm_score")]
+    if any(v is None for v in pairs):
+        return False, None
+    found = overoptimisation(pairs[:2], pairs[2:], scales=scales)
+    return True, {**found, "over": "held-out prompts"} if found else None
 
 
 def stage_row(pipeline: Pipeline, stage: Stage, action: str, seconds: float | None, evaluator: Evaluator,
@@ -119,9 +162,11 @@ def stage_row(pipeline: Pipeline, stage: Stage, action: str, seconds: float | No
     out = pipeline.stage_dir(stage.name)
     previous = pipeline.previous(stage)
     reward_model = reward_model_for(pipeline, stage) if evaluator.rows and spec.is_policy else None
+    audit = audit_reward_model_for(pipeline, stage) if spec.is_policy else None
     key = _digest(
         stage.recipe.encode(), _run_text(out), evaluator.fingerprint.encode(),
         *(name.encode() + _run_text(pipeline.stage_dir(name)) for name in (previous, reward_model) if name),
+        *((b"audit:" + audit.encode() + _run_text(pipeline.stage_dir(audit)),) if audit else ()),
     )
     status = {"status": STATUS[action], "train_seconds": seconds if seconds is not None else (cached or {}).get("train_seconds")}
     if cached is not None and cached.get("evaluation_key") == key and "judged" in cached:
@@ -132,6 +177,7 @@ def stage_row(pipeline: Pipeline, stage: Stage, action: str, seconds: float | No
         "recipe": stage.recipe,
         "from": stage.inputs.get("model"),
         "reward_model": reward_model,
+        **({"audit_reward_model": audit} if audit else {}),
         "output_dir": str(out),
         **status,
         "metrics": record.get("metrics", {}),
@@ -151,25 +197,37 @@ def stage_row(pipeline: Pipeline, stage: Stage, action: str, seconds: float | No
     if spec.is_policy and evaluator.rows:
         previous_dir = pipeline.stage_dir(previous) if previous else None
         rm_dir = pipeline.stage_dir(reward_model) if reward_model else None
-        row.update(evaluate(out, previous_dir, rm_dir, evaluator))
+        audit_dir = pipeline.stage_dir(audit) if audit else None
+        row.update(evaluate(out, previous_dir, rm_dir, evaluator, audit_dir))
         if previous and pipeline.stages[previous].recipe == "sft":  # the demo's names: against the SFT model
             row.update(kl_to_sft=row["kl_to_previous"], rm_win_rate_vs_sft=row["rm_win_rate_vs_previous"],
                        sft_rm_score=row["previous_rm_score"])
     for logged in spec.series:  # per update (online RL): the reward model's score rises while KL stays bounded
-        row[SERIES_NAMES.get(logged, logged)] = [h[logged] for h in history if logged in h]
+        if logged not in CURVE_LABELS or any(logged in h for h in history):  # no empty audit series without one
+            row[SERIES_NAMES.get(logged, logged)] = [h[logged] for h in history if logged in h]
+    checked, found = overoptimisation_of(pipeline, stage, row) if audit else (False, None)
+    if checked:  # absent when there was nothing to compare (no audit reward model, no prompts, no log)
+        row["overoptimised"] = found is not None
+        if found:
+            row["overoptimisation"] = found
     row["evaluation_key"] = key
     return row
 
 
-def evaluate(policy: Path, previous: Path | None, reward_model: Path | None, evaluator: Evaluator) -> dict:
-    """A policy's answers to the held-out prompts: judge rates, RM score, and against `previous` win rate and KL."""
+def evaluate(policy: Path, previous: Path | None, reward_model: Path | None, evaluator: Evaluator,
+             audit_reward_model: Path | None = None) -> dict:
+    """
+    A policy's answers to the held-out prompts: judge rates, RM score (and the audit reward model's), and against
+    `previous` win rate and KL.
+    """
     settings = dict(max_new_tokens=evaluator.max_new_tokens, batch_size=evaluator.batch_size)
     if previous is not None:
         result = evaluation.evaluate_policy(
-            policy, previous, evaluator.rows, reward_model, judge=evaluator.judge, num_examples=evaluator.num_examples, **settings
+            policy, previous, evaluator.rows, reward_model, audit_reward_model=audit_reward_model,
+            judge=evaluator.judge, num_examples=evaluator.num_examples, **settings,
         )
         mine, theirs = result["policy"], result["reference"]
-        row = {k: v for k, v in mine.items() if k not in ("path", "reward_mean", "answer_tokens_mean")}
+        row = {k: v for k, v in mine.items() if k not in ("path", "reward_mean", "answer_tokens_mean", "audit_reward_mean")}
         row["judged"] = list(row)  # the judge's metrics: the table's judge columns
         row.update(
             rm_score=mine["reward_mean"],
@@ -177,6 +235,8 @@ def evaluate(policy: Path, previous: Path | None, reward_model: Path | None, eva
             rm_win_rate_vs_previous=result["win_rate"],
             kl_to_previous=result["kl_per_token"],
             answer_tokens_mean=mine["answer_tokens_mean"],
+            **({"audit_rm_score": mine["audit_reward_mean"], "previous_audit_rm_score": theirs["audit_reward_mean"]}
+               if audit_reward_model is not None else {}),
             examples=[
                 {"question": ex["prompt"][-1]["content"], "answer": ex["policy"], "previous_answer": ex["reference"]}
                 for ex in result["examples"]
@@ -190,10 +250,11 @@ def evaluate(policy: Path, previous: Path | None, reward_model: Path | None, eva
     row = evaluation.judge_rates(evaluator.judge, evaluator.rows, answers) if evaluator.judge else {}
     row["judged"] = list(row)
     row["rm_score"] = None
-    if reward_model is not None:
-        rm, rm_tokenizer = evaluation.load_reward_model(reward_model)
-        scores = evaluation.reward_scores(rm, rm_tokenizer, conversations, answers, settings["batch_size"])
-        row["rm_score"] = sum(scores) / len(scores)
+    for key, folder in (("rm_score", reward_model), ("audit_rm_score", audit_reward_model)):
+        if folder is not None:
+            rm, rm_tokenizer = evaluation.load_reward_model(folder)
+            scores = evaluation.reward_scores(rm, rm_tokenizer, conversations, answers, settings["batch_size"])
+            row[key] = sum(scores) / len(scores)
     row["examples"] = [
         {"question": c[-1]["content"], "answer": a} for c, a in zip(conversations[: evaluator.num_examples], answers)
     ]
@@ -215,13 +276,15 @@ def load_rows(output_dir: str | Path) -> dict[str, dict]:
 
 
 def _fill_rm_scores(stages: dict[str, dict]) -> None:
-    """A policy evaluated before any reward model existed gets the score a later stage's evaluation gave it."""
-    for name, row in stages.items():
-        if not STAGES[row["recipe"]].is_policy or (row.get("rm_score") is not None and "rm_score_from" not in row):
-            continue
-        later = [(n, r) for n, r in stages.items() if r.get("from") == name and r.get("previous_rm_score") is not None]
-        if later:
-            row["rm_score"], row["rm_score_from"] = later[0][1]["previous_rm_score"], later[0][0]
+    """A policy evaluated before a reward model (or the audit one) existed gets the score a later stage's evaluation
+    gave it."""
+    for key, earlier in (("rm_score", "previous_rm_score"), ("audit_rm_score", "previous_audit_rm_score")):
+        for name, row in stages.items():
+            if not STAGES[row["recipe"]].is_policy or (row.get(key) is not None and f"{key}_from" not in row):
+                continue
+            later = [(n, r) for n, r in stages.items() if r.get("from") == name and r.get(earlier) is not None]
+            if later:
+                row[key], row[f"{key}_from"] = later[0][1][earlier], later[0][0]
 
 
 def write_report(
@@ -282,7 +345,7 @@ def plot_curves(name: str, recipe: str, history: list[dict], target: Path) -> bo
     for ax, (title, keys) in zip(axes[0], panels):
         for key in keys:
             points = [(h.get("step", h.get("update")), h[key]) for h in history if key in h]
-            ax.plot(*zip(*points), marker="o" if len(points) < 4 else None, markersize=3, label=key)
+            ax.plot(*zip(*points), marker="o" if len(points) < 4 else None, markersize=3, label=CURVE_LABELS.get(key, key))
         ax.set_title(title, fontsize=10)
         ax.set_xlabel(x_label, fontsize=9)
         ax.tick_params(labelsize=8)
@@ -323,6 +386,7 @@ def columns(report: Mapping) -> list[tuple[str, Callable[[dict], str | None]]]:
         ("RM acc", lambda r: _number(r.get("eval_accuracy"))),
         *((headers.get(k, k), lambda r, k=k: _number(r.get(k))) for k in judged),
         ("RM score", lambda r: _number(r.get("rm_score"))),
+        ("audit RM", lambda r: _number(r.get("audit_rm_score"))),
         ("RM win", lambda r: _number(r.get("rm_win_rate_vs_previous"))),
         ("KL", lambda r: _number(r.get("kl_to_previous"))),
     ]
@@ -350,8 +414,17 @@ def format_table(report: Mapping) -> str:
                 lines.append(f"{name:<{name_width}}Q: {question}  A: {answer}")
     if any(r.get("rm_win_rate_vs_previous") is not None or r.get("kl_to_previous") is not None for r in stages.values()):
         lines.append("RM win, KL: the reward model's win rate over, and the per-token KL to, the stage in `from`")
+    if any(r.get("audit_rm_score") is not None for r in stages.values()):
+        lines.append("audit RM: the score of a second reward model, trained apart and never optimised against")
+    lines += overoptimisation_warnings(report)
     lines.append(f"total {report['wall_seconds']:.0f} s")
     return "\n".join(lines)
+
+
+def overoptimisation_warnings(report: Mapping) -> list[str]:
+    """One warning line per stage whose row is flagged `overoptimised`, naming both reward models' numbers."""
+    return [f"warning: {name}: {describe_overoptimisation(row['overoptimisation'])} (over its {row['overoptimisation']['over']})"
+            for name, row in report["stages"].items() if row.get("overoptimised") and row.get("overoptimisation")]
 
 
 def _md(text) -> str:
@@ -377,13 +450,19 @@ def format_markdown(report: Mapping) -> str:
             f"Every policy answers the same held-out prompts (`{evaluation['prompts']}`, greedy, at most "
             f"{evaluation.get('max_new_tokens', 64)} new tokens){judge}. *RM score*: the mean score the reward model "
             "gives the answers; *RM win*: how often it prefers them to the answers of the stage in *from*; *KL*: "
-            "the mean per-token KL divergence from that stage, in nats.",
+            "the mean per-token KL divergence from that stage, in nats."
+            + (f" *audit RM*: the mean score of `{evaluation['audit_reward_model']}`, a second reward model trained "
+               "apart and never optimised against: when RM score rises while it falls, the policy is exploiting the "
+               "first one (over-optimisation)." if evaluation.get("audit_reward_model") else ""),
             "",
         ]
     lines.append("| stage | " + " | ".join(h for h, _ in cols) + " |")
     lines.append("|---|" + "---|" * len(cols))
     for name, row in stages.items():
         lines.append(f"| {name} | " + " | ".join(_md(cell(row) or "") for _, cell in cols) + " |")
+    warnings = overoptimisation_warnings(report)
+    if warnings:
+        lines += ["", *(f"**{_md(w)}**" for w in warnings)]
 
     questions = list(dict.fromkeys(ex["question"] for r in stages.values() for ex in r.get("examples", [])))
     if questions:

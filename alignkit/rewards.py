@@ -24,7 +24,7 @@ import importlib
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -168,10 +168,14 @@ class RewardScorer:
 
     # --------------------------------------------------------------------------------------------- scoring
 
-    @torch.no_grad()
     def score(self, prompts: Sequence[Prompt], answers: Sequence[Answer]) -> list[float]:
         """The reward model's score of each answer to its prompt (normalised when `normalize`)."""
-        ids = [tuple(row) for row in self.token_ids(prompts, answers)]
+        return self.score_ids(self.token_ids(prompts, answers))
+
+    @torch.no_grad()
+    def score_ids(self, token_ids: Sequence[Sequence[int]]) -> list[float]:
+        """The scores of sequences already tokenised in the reward model's format (normalised when `normalize`)."""
+        ids = [tuple(row) for row in token_ids]
         # A sequence that occurs twice is scored once, so equal answers get exactly equal scores; similar lengths
         # go together (less padding).
         unique = sorted(set(ids), key=len)
@@ -246,6 +250,11 @@ class OnlineRewardArguments:
     )
     chat_template_path: str | None = field(
         default=None, metadata={"help": "A .jinja chat template for the policy's tokenizer (default: its own, else alignkit's)."}
+    )
+    audit_reward_model_path: str | None = field(
+        default=None,
+        metadata={"help": "A second reward stage's output, never optimised against: its score of the same completions is "
+                          "logged as `rewards/audit_reward_model/mean` (weight 0) to show over-optimisation."},
     )
 
     def _both_batch_sizes(self) -> int | None:
@@ -324,7 +333,8 @@ class RLOOConfig(OnlineRewardArguments, trl.RLOOConfig):
 def reward_functions(args: OnlineRewardArguments) -> list[Callable]:
     """
     The reward functions of a GRPO/RLOO config, in `reward_weights` order: the reward model's scorer first, then
-    each of `reward_funcs`. The functions are imported before the reward model loads, so a typo fails at once.
+    each of `reward_funcs`, then the audit reward model's scorer (when configured; see `audit_weight`). The functions
+    are imported before the reward model loads, so a typo fails at once.
     """
     extra = [load_function(spec) for spec in args.reward_funcs or []]
     if not args.reward_model_path:
@@ -334,7 +344,77 @@ def reward_functions(args: OnlineRewardArguments) -> list[Callable]:
         scorer.normalize = True
     elif args.normalize_reward:
         logger.warning(f"{args.reward_model_path} records no reward_stats: its scores are used unnormalised.")
-    return [scorer, *extra]
+    audit = audit_scorer(args)  # last, at weight 0 (`audit_weight`)
+    return [scorer, *extra, *([audit] if audit else [])]
+
+
+def audit_scorer(args: OnlineRewardArguments) -> RewardScorer | None:
+    """
+    The audit reward model's scorer (`audit_reward_model_path`), normalised like the optimised one so the two curves
+    share a scale, named so that TRL logs it as `rewards/audit_reward_model/mean`; None when none is configured.
+    """
+    if not args.audit_reward_model_path:
+        return None
+    audit = RewardScorer(args.audit_reward_model_path)
+    audit.normalize = bool(args.normalize_reward and audit.stats and audit.stats.get("std"))
+    audit.__name__ = "audit_reward_model"
+    return audit
+
+
+@contextlib.contextmanager
+def audit_weight(args: OnlineRewardArguments):
+    """
+    While TRL's trainer is built: `reward_weights` with a weight of 0 for the audit scorer `reward_functions` put
+    last, so TRL scores and logs it but never optimises it. A zero-weight reward function rather than a callback:
+    TRL hands it the very completions the policy is trained on and logs it like any reward (averaged across
+    processes, in training and evaluation). The config keeps the user's weights (its saved copy parses again).
+    """
+    given = args.reward_weights
+    if args.audit_reward_model_path:
+        args.reward_weights = [*(given or [1.0] * (1 + len(args.reward_funcs or []))), 0.0]
+    try:
+        yield
+    finally:
+        args.reward_weights = given
+
+
+# The score an over-optimisation check must see move, in the reward models' units (normalised scores: std units).
+OVEROPTIMISATION_TOLERANCE = 0.1
+
+
+def overoptimisation(optimised: Sequence[float], audit: Sequence[float], tolerance: float = OVEROPTIMISATION_TOLERANCE,
+                     scales: tuple[float, float] = (1.0, 1.0)) -> dict[str, float] | None:
+    """
+    Over-optimisation of a reward model (Gao et al., 2022): the score of the reward model being optimised rises
+    while a second one's (the audit reward model, trained apart and never optimised against) falls.
+
+    `optimised` and `audit` are their mean scores in order (per update, or [before, after] a stage). Each is
+    smoothed over windows of `k = max(1, n // 4)` points; the rule fires when the optimised score's last window
+    exceeds its first by more than `tolerance` while the audit score's last window is more than `tolerance` below
+    its best window. `tolerance` is in units of `scales` (each reward model's score std on its held-out pairs, for
+    raw scores; 1 for normalised ones). Returns the four numbers (`optimised_start`, `optimised_end`, `audit_best`,
+    `audit_end`) when it fires, else None.
+    """
+    n = min(len(optimised), len(audit))
+    if n < 2:
+        return None
+    k = max(1, n // 4)
+
+    def windows(values):
+        values = list(values)[:n]
+        return [sum(values[i : i + k]) / k for i in range(n - k + 1)]
+
+    opt, aud = windows(optimised), windows(audit)
+    if opt[-1] - opt[0] > tolerance * scales[0] and max(aud) - aud[-1] > tolerance * scales[1]:
+        return {"optimised_start": opt[0], "optimised_end": opt[-1], "audit_best": max(aud), "audit_end": aud[-1]}
+    return None
+
+
+def describe_overoptimisation(found: Mapping[str, float]) -> str:
+    """The one warning line for `overoptimisation`'s finding."""
+    return (f"over-optimisation: the optimised reward model's score rose {found['optimised_start']:.2f} -> "
+            f"{found['optimised_end']:.2f} while the audit reward model's fell {found['audit_best']:.2f} -> "
+            f"{found['audit_end']:.2f}")
 
 
 def check_eval_batch(dataset, args) -> None:

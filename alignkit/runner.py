@@ -155,6 +155,8 @@ def run_pipeline(
         seconds = None if action == "skip" else round(time.time() - began, 1)
         rows[name] = report.stage_row(pipeline, stage, action, seconds, evaluator, rows.get(name))
         result = report.write_report(pipeline, rows, time.time() - start, evaluator.judge_columns)
+        for line in report.overoptimisation_warnings({"stages": {name: rows[name]}}):
+            print(f"[alignkit run] {line}", flush=True)
         _write_model_cards(pipeline, {name: result["stages"][name]})
     result = report.write_report(pipeline, rows, time.time() - start, evaluator.judge_columns)
     _write_model_cards(pipeline, result["stages"])  # rows filled in by later stages (an RM score) are final now

@@ -46,7 +46,7 @@ class Stage:
     perplexity: bool = False  # eval_loss is a language-model loss, so exp(eval_loss) means something
     curves: tuple[tuple[str, tuple[str, ...]], ...] = ()  # report figure panels: (title, log keys)
     curve_x: str = "step"  # the log's x axis: "step" (Trainer) or "update" (alignkit's PPO)
-    series: tuple[str, ...] = ()  # per-update log keys the report keeps as lists (PPO: score, kl)
+    series: tuple[str, ...] = ()  # per-update log keys the report keeps as lists (PPO: score, kl, audit_score)
     preview: str = "sft"  # how `alignkit check` shows the first rows: sft, dpo, reward or prompts
     memory: MemoryModel = field(default_factory=MemoryModel)
 
@@ -70,6 +70,8 @@ class Stage:
 
 
 _LOSS = ("loss", ("loss", "eval_loss"))
+# What TRL logs for the zero-weight audit reward function of GRPO/RLOO (`alignkit.rewards.audit_weight`).
+AUDIT_REWARD = "rewards/audit_reward_model/mean"
 
 STAGES: dict[str, Stage] = {
     stage.name: stage
@@ -116,10 +118,12 @@ STAGES: dict[str, Stage] = {
             data_format="prompts",
             inputs=("model", "reward_model", "value_model"),
             required=("reward_model_path",),
-            curves=(("RM score", ("score",)), ("KL to reference", ("kl",)), ("entropy", ("entropy",)),
+            # The audit reward model's score (when one is configured) beside the optimised one's: over-optimisation shows
+            # as the two curves parting.
+            curves=(("RM score", ("score", "audit_score")), ("KL to reference", ("kl",)), ("entropy", ("entropy",)),
                     ("response length", ("response_length",))),
             curve_x="update",
-            series=("score", "kl"),
+            series=("score", "kl", "audit_score"),
             preview="prompts",
             memory=MemoryModel(lm_head="full", online_rl=True),
         ),
@@ -131,9 +135,9 @@ STAGES: dict[str, Stage] = {
                 data_format="prompts",
                 inputs=("model", "reward_model"),
                 required=("reward_model_path",),
-                curves=(("reward", ("reward",)), ("KL to reference", ("kl",)),
+                curves=(("reward", ("reward", AUDIT_REWARD)), ("KL to reference", ("kl",)),
                         ("completion length", ("completions/mean_length",))),
-                series=("reward", "kl"),
+                series=("reward", "kl", AUDIT_REWARD),
                 preview="prompts",
                 memory=MemoryModel(critic_free_rl=True),
             )

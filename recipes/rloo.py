@@ -10,6 +10,9 @@ reference; its advantage is that reward minus the mean reward of the other answe
 leave-one-out). With `use_peft` the policy is a LoRA adapter on one copy of the base and the reference is the
 policy with its adapter disabled; on an SFT adapter, training continues it and TRL keeps a frozen copy of it as
 the reference. Prompts come from a `prompt` column or conversations.
+
+With `audit_reward_model_path` (a second reward stage, never optimised against) its score of the same answers is
+logged per step as `rewards/audit_reward_model/mean` at weight 0: it falling while `reward` rises is over-optimisation.
 """
 
 from trl import ModelConfig, RLOOTrainer
@@ -36,16 +39,19 @@ def main(script_args: ScriptArguments, training_args: rewards.RLOOConfig, model_
     )
     models.check_vocab(model, tokenizer, model_args.model_name_or_path)
 
-    trainer = RLOOTrainer(
-        model=model,
-        reward_funcs=reward_funcs,
-        args=training_args,
-        train_dataset=dataset["train"],
-        eval_dataset=dataset.get("test"),
-        processing_class=tokenizer,
-        peft_config=models.new_peft_config(model, model_args),
-    )
-    reward_funcs[0].to(trainer.accelerator.device)
+    with rewards.audit_weight(training_args):  # an audit reward model is scored and logged, never optimised
+        trainer = RLOOTrainer(
+            model=model,
+            reward_funcs=reward_funcs,
+            args=training_args,
+            train_dataset=dataset["train"],
+            eval_dataset=dataset.get("test"),
+            processing_class=tokenizer,
+            peft_config=models.new_peft_config(model, model_args),
+        )
+    for scorer in reward_funcs:
+        if isinstance(scorer, rewards.RewardScorer):
+            scorer.to(trainer.accelerator.device)
     training.train_and_save(trainer, "rloo", script_args, training_args, model_args)
     return trainer
 

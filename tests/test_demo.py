@@ -67,6 +67,22 @@ def test_demo_ppo_raises_the_reward_models_score_while_kl_stays_bounded(demo):
     assert ppo["gold_correctness"] >= sft["gold_correctness"] - 0.05
 
 
+def test_demo_reports_the_audit_reward_models_score_for_every_policy(demo):
+    report, out = demo
+    stages = report["stages"]
+    # Two reward models on disjoint halves of the pairs, both good.
+    assert stages["reward"]["eval_accuracy"] >= 0.95 and stages["reward_audit"]["eval_accuracy"] >= 0.95
+    for name in ("sft", "dpo", "ppo"):
+        assert isinstance(stages[name]["rm_score"], float) and isinstance(stages[name]["audit_rm_score"], float)
+    # The reward model PPO optimises is sound, so the audit one agrees with it: both rise over SFT's, nothing flagged.
+    for name in ("dpo", "ppo"):
+        assert stages[name]["audit_rm_score"] > stages["sft"]["audit_rm_score"]
+        assert stages[name]["overoptimised"] is False
+    history = json.loads((out / "ppo" / "trainer_state.json").read_text())["log_history"]
+    assert stages["ppo"]["audit_reward"] == [h["audit_score"] for h in history] and len(history) == 30
+    assert "audit RM" in report_module.format_table(report).splitlines()[0]
+
+
 def test_demo_writes_the_markdown_report_with_figures_and_example_answers(demo):
     report, out = demo
     markdown = (out / "report.md").read_text()

@@ -22,6 +22,7 @@ def evaluate_policy(
     prompts: Sequence[Any],
     reward_model: str | Path | None = None,
     *,
+    audit_reward_model: str | Path | None = None,
     max_new_tokens: int = 64,
     batch_size: int = 32,
     judge: Judge | None = None,
@@ -44,7 +45,8 @@ def evaluate_policy(
     - `reward_model`, `num_prompts`, `num_samples`, `generation` (the settings), and `examples`: the first
       `num_examples` prompts with both answers (and scores).
 
-    Reward fields and `win_rate` are None without a reward model. `judge(row, answer)` returns
+    With `audit_reward_model` (a second reward model, never optimised against) each side also has its mean score,
+    `audit_reward_mean`. Reward fields and `win_rate` are None without a reward model. `judge(row, answer)` returns
     `{name: bool or number}` for one answer; its means go into both sides under the same names.
     """
     if max_new_tokens < 1 or batch_size < 1 or num_samples < 1:
@@ -61,8 +63,9 @@ def evaluate_policy(
     # Fail before loading any weights.
     check_folder(policy, "policy")
     check_folder(reference, "reference")
-    if reward_model is not None:
-        check_reward_folder(reward_model)
+    for folder in (reward_model, audit_reward_model):
+        if folder is not None:
+            check_reward_folder(folder)
 
     policy_model, policy_tokenizer = load_for_inference(policy)
     reference_model, reference_tokenizer = load_for_inference(reference)
@@ -87,6 +90,12 @@ def evaluate_policy(
         both = reward_scores(rm, rm_tokenizer, conversations * 2, answers["policy"] + answers["reference"], batch_size)
         scores = {"policy": both[: len(conversations)], "reference": both[len(conversations) :]}
         del rm
+    audit: dict[str, float | None] = {"policy": None, "reference": None}
+    if audit_reward_model is not None:
+        rm, rm_tokenizer = load_reward_model(audit_reward_model)
+        both = reward_scores(rm, rm_tokenizer, conversations * 2, answers["policy"] + answers["reference"], batch_size)
+        audit = {"policy": mean(both[: len(conversations)]), "reference": mean(both[len(conversations) :])}
+        del rm
 
     result: dict[str, Any] = {}
     for name, path in (("policy", policy), ("reference", reference)):
@@ -94,6 +103,7 @@ def evaluate_policy(
             "path": str(path),
             "reward_mean": mean(scores[name]) if scores[name] is not None else None,
             "answer_tokens_mean": mean([len(a) for a in answer_ids[name]]),
+            **({"audit_reward_mean": audit[name]} if audit_reward_model is not None else {}),
         }
         if judge is not None:
             side.update(judge_rates(judge, rows, answers[name]))

@@ -102,6 +102,12 @@ class PPOConfig(TrainingArguments):
             Health monitor: stop with an error, keeping the last good checkpoint, when the mean per-sequence KL to
             the reference exceeds this. (A non-finite score or loss always stops the run; with `max_grad_norm`,
             a non-finite gradient norm too.)
+        audit_reward_model_path (`str` or `None`, *optional*, defaults to `None`):
+            A second reward stage's output, never optimised against: its score of each update's responses is logged
+            as `audit_score` beside `score`, to show over-optimisation (`alignkit.rewards.overoptimisation`).
+        stop_on_overoptimisation (`bool`, *optional*, defaults to `False`):
+            Health monitor: stop with an error, keeping the last good checkpoint, when `score` rises while
+            `audit_score` falls (needs `audit_reward_model_path`).
 
         > CPU
 
@@ -172,6 +178,13 @@ class PPOConfig(TrainingArguments):
     kl_limit: float | None = field(
         default=None, metadata={"help": "Stop with an error when the mean per-sequence KL exceeds this."}
     )
+    audit_reward_model_path: str | None = field(
+        default=None,
+        metadata={"help": "A second reward stage's output, never optimised against: its score is logged as audit_score."},
+    )
+    stop_on_overoptimisation: bool = field(
+        default=False, metadata={"help": "Stop with an error when score rises while audit_score falls."}
+    )
 
     keep_freed_cpu_memory: bool = field(
         default=True, metadata={"help": "On CPU (glibc), reuse freed memory instead of returning it to the system."}
@@ -208,6 +221,8 @@ class PPOConfig(TrainingArguments):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be > 0 (or null to turn it off), got {value}.")
+        if self.stop_on_overoptimisation and not self.audit_reward_model_path:
+            raise ValueError("stop_on_overoptimisation needs audit_reward_model_path (a second reward stage's output).")
         if self.value_learning_rate is None:
             self.value_learning_rate = self.learning_rate
         elif self.value_learning_rate < 0:

@@ -281,6 +281,7 @@ class PPOTrainer:
         self._train_seconds = 0.0
         self._last_checkpoint: Path | None = None
         self._pending_checkpoint: tuple[int, dict] | None = None
+        self.audit_scorer = self._load_audit_scorer()
 
     # --- data ------------------------------------------------------------------------------------------------------
 
@@ -569,6 +570,7 @@ class PPOTrainer:
             update = self.update + 1
             rollout = self.make_rollout(self._prompt_indices(self.update))
             stats = self.rollout_stats(rollout)
+            stats.update(self._audit(rollout, update, stats))
             self._check_rollout(update, stats)
             self._save_pending_checkpoint()  # its policy just produced a healthy rollout
             stats.update(self.optimise(rollout, update))
@@ -605,6 +607,39 @@ class PPOTrainer:
             if self.accelerator.is_main_process and not self.args.disable_tqdm:
                 progress.write(json.dumps(stats))
             self.accelerator.log(stats, step=self.update)
+
+    # --- the audit reward model ------------------------------------------------------------------------------------
+
+    def _load_audit_scorer(self):
+        """A second reward model, never optimised against (`audit_reward_model_path`), or None."""
+        if not self.args.audit_reward_model_path:
+            return None
+        from alignkit.rewards import RewardScorer
+
+        scorer = RewardScorer(self.args.audit_reward_model_path, batch_size=self.micro_batch_size)
+        return scorer.to(self.accelerator.device)
+
+    def _audit(self, r: Rollout, update: int, stats: dict) -> dict[str, float]:
+        """
+        `audit_score`: the audit reward model's mean raw score of this update's responses, read from the same token
+        ids the optimised reward model read; with `stop_on_overoptimisation`, stop when `score` has risen while it
+        fell (`alignkit.rewards.overoptimisation`, checked from update 8 on so its windows smooth out sampling noise).
+        """
+        if self.audit_scorer is None:
+            return {}
+        from alignkit.rewards import describe_overoptimisation, overoptimisation
+
+        ids = [row[mask.bool()].tolist() for row, mask in zip(r.input_ids, r.attention_mask)]
+        scores = torch.tensor(self.audit_scorer.score_ids(ids), device=r.input_ids.device)
+        audit = self.accelerator.gather(scores).mean().item()
+        if self.args.stop_on_overoptimisation and update >= 8:
+            history = [*self.log_history, {**stats, "audit_score": audit}]
+            audit_std = (self.audit_scorer.stats or {}).get("std") or 1.0
+            found = overoptimisation([h["score"] for h in history], [h["audit_score"] for h in history],
+                                     scales=(self.args.reward_std or 1.0, audit_std))
+            if found:
+                self._stop(update, describe_overoptimisation(found))
+        return {"audit_score": audit}
 
     # --- health ----------------------------------------------------------------------------------------------------
 

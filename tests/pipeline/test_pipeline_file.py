@@ -45,12 +45,15 @@ def changed(edit):
 
 def test_the_demo_pipeline_validates_and_feeds_each_stage_the_earlier_stages_outputs(tmp_path):
     pipeline = load_pipeline(DEMO / "pipeline.yaml").validate()
-    assert list(pipeline.stages) == ["pretrain", "sft", "reward", "dpo", "ppo"]
+    assert list(pipeline.stages) == ["pretrain", "sft", "reward", "reward_audit", "dpo", "ppo"]
     pipeline.output_dir = str(tmp_path)
     pipeline.variables = {"base": "BASE", "pretrain": "P", "sft": "S", "preference": "PREF", "heldout": "H"}
     ppo = pipeline.settings(pipeline.stages["ppo"])
     assert ppo["model_name_or_path"] == str(tmp_path / "sft")
     assert ppo["reward_model_path"] == str(tmp_path / "reward")
+    assert ppo["audit_reward_model_path"] == str(tmp_path / "reward_audit")  # watched, never optimised against
+    halves = [pipeline.settings(pipeline.stages[name])["dataset_train_split"] for name in ("reward", "reward_audit")]
+    assert halves == ["train[:50%]", "train[50%:]"]  # the two reward models never see the same pair
     assert ppo["output_dir"] == str(tmp_path / "ppo")
     assert ppo["dataset_name"] == "PREF"  # inline args (with ${setup.*}) override the config file
     assert ppo["kl_coef"] == 0.5  # the rest comes from recipes/demo/ppo.yaml
