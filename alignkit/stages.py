@@ -30,6 +30,7 @@ class MemoryModel:
     reference_adapter_copy: bool = False  # DPO on an SFT adapter: TRL keeps a frozen copy as the reference
     online_rl: bool = False  # rollouts, a value model and a reward model beside the policy (PPO)
     critic_free_rl: bool = False  # sampled completions, a frozen reward model of its own, no value model (GRPO, RLOO)
+    best_of_n: bool = False  # an SFT step, with a frozen reward model beside it and sampling between rounds (best_of_n)
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,17 @@ STAGES: dict[str, Stage] = {
             )
             for name, title in (("grpo", "GRPO (online RL against a reward model)"),
                                 ("rloo", "RLOO (online RL against a reward model)"))
+        ),
+        Stage(
+            name="best_of_n",
+            title="best-of-n rejection sampling (SFT on the reward model's favourite answers)",
+            config="alignkit.best_of_n:BestOfNConfig",
+            data_format="prompts",
+            inputs=("model", "reward_model"),
+            required=("reward_model_path",),
+            curves=(_LOSS, ("token accuracy", ("mean_token_accuracy",))),
+            preview="prompts",
+            memory=MemoryModel(best_of_n=True),
         ),
     )
 }
