@@ -180,6 +180,11 @@ def sample_best(model, tokenizer, scorer: rewards.RewardScorer, prompts: list, a
         "mean_score": score_sum / (total * n) if total else None,  # the policy's mean score at this round's start
         "mean_kept_score": kept_sum / len(kept) if kept else None,
     }
+    if state.is_main_process:
+        mean = "n/a" if stats["mean_score"] is None else f"{stats['mean_score']:.3f}"
+        kept_mean = "n/a" if stats["mean_kept_score"] is None else f"{stats['mean_kept_score']:.3f}"
+        print(f"best_of_n iteration {iteration}: kept {len(kept)} of {total} prompts; mean score {mean}, kept {kept_mean}; "
+              f"{stats['finished_rate']:.0%} of answers ended with EOS", flush=True)
     if not kept:
         why = f"{done} of the {total * n} answers ended with EOS within max_completion_length={args.max_completion_length}"
         if args.score_threshold is not None:

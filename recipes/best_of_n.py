@@ -28,7 +28,9 @@ def main(script_args: ScriptArguments, training_args: best_of_n.BestOfNConfig, m
     outputs.prepare_output_dir(
         training_args.output_dir, script_args.overwrite_output_dir, training_args.resume_from_checkpoint
     )
-    last = training_args.iterations
+    last, resume = training_args.iterations, outputs.resume_arg(training_args.resume_from_checkpoint)
+    # A resume needs no sampling: the checkpoint holds the earlier rounds' training, the output the last round's rows.
+    scorer = None if resume else best_of_n.load_scorer(training_args, training_args.device)
 
     tokenizer = models.load_tokenizer(model_args, training_args.trust_remote_code, training_args.chat_template_path)
     model = models.load_model(
@@ -39,17 +41,12 @@ def main(script_args: ScriptArguments, training_args: best_of_n.BestOfNConfig, m
     peft_config = models.new_peft_config(model, model_args)
 
     kept, stats = {}, []
-    if training_args.resume_from_checkpoint:  # the checkpoint holds the earlier rounds' training: only the last one's SFT is left
+    if resume:
         kept[last], stats = best_of_n.read_kept(training_args.output_dir, last)
-        rounds = [last]
-    else:
-        scorer = best_of_n.load_scorer(training_args, training_args.device)
-        rounds = range(1, last + 1)
-    for iteration in rounds:
+    for iteration in [last] if resume else range(1, last + 1):
         if iteration not in kept:
             kept[iteration], round_stats = best_of_n.sample_best(model, tokenizer, scorer, prompts, training_args, iteration)
             stats.append(round_stats)
-            print(f"best_of_n iteration {iteration}: {round_stats}", flush=True)
         args = training_args
         if iteration < last:  # earlier rounds save nothing: the last round's checkpoints are the ones to resume from
             args = copy.copy(training_args)
