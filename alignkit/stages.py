@@ -152,6 +152,29 @@ STAGES: dict[str, Stage] = {
             preview="prompts",
             memory=MemoryModel(best_of_n=True),
         ),
+        Stage(
+            name="kto",
+            title="Kahneman-Tversky Optimization (KTO)",
+            config="trl:KTOConfig",
+            data_format="preference",  # pairs, unpaired by the recipe into desirable and undesirable answers
+            curves=(_LOSS, ("reward margin", ("rewards/margins", "eval_rewards/margins"))),
+            preview="dpo",
+            # Each row's answer and a mismatched one (KTO's KL estimate) go through the model together.
+            memory=MemoryModel(sequences=2, lm_head="full", reference_adapter_copy=True),
+        ),
+        *(
+            Stage(
+                name=name,
+                title=title,
+                config=f"alignkit.experimental:{name.upper()}Config",
+                data_format="preference",
+                curves=(_LOSS, ("reward margin", ("rewards/margins", "eval_rewards/margins"))),
+                preview="dpo",
+                memory=MemoryModel(sequences=2, lm_head="full"),  # chosen + rejected, full logits, no reference
+            )
+            for name, title in (("orpo", "ORPO (odds-ratio preference optimisation; experimental in TRL)"),
+                                ("cpo", "CPO / SimPO (reference-free preference optimisation; experimental in TRL)"))
+        ),
     )
 }
 
