@@ -126,3 +126,24 @@ def test_bad_settings_fail_before_anything_is_written(bon_stages, tmp_path, extr
     with pytest.raises(ConfigError, match=message):
         run_stage("best_of_n", *bon_args(root, prefs, tmp_path / "out", *extra))
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_a_resume_continues_the_last_rounds_sft_on_the_rows_it_kept_without_sampling_again(bon_stages, tmp_path, monkeypatch):
+    root, prefs = bon_stages
+    out = tmp_path / "bon"
+    first = run_stage("best_of_n", *bon_args(root, prefs, out, "--iterations", "2", "--save_strategy", "steps",
+                                             "--save_steps", "2", "--max_steps", "4"))
+    kept, record = kept_rows(out, 2), json.loads((out / "alignkit_run.json").read_text())
+    (out / "checkpoint-4").rename(out / "gone")  # as if the run had stopped after step 2 of the last round
+    (out / "alignkit_run.json").unlink()
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("a resume sampled again")
+
+    monkeypatch.setattr(best_of_n, "sample", no_sampling)
+    resumed = run_stage("best_of_n", *bon_args(root, prefs, out, "--iterations", "2", "--save_strategy", "steps",
+                                               "--save_steps", "2", "--max_steps", "4", "--resume_from_checkpoint", "true"))
+    assert resumed.state.global_step == 4 and kept_rows(out, 2) == kept
+    assert json.loads((out / "alignkit_run.json").read_text())["best_of_n"] == record["best_of_n"]
+    weights = lambda trainer: {n: p for n, p in trainer.model.named_parameters() if "lora_" in n}  # noqa: E731
+    assert all(torch.equal(p, weights(first)[n]) for n, p in weights(resumed).items())
