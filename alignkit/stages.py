@@ -159,8 +159,9 @@ STAGES: dict[str, Stage] = {
             data_format="preference",  # pairs, unpaired by the recipe into desirable and undesirable answers
             curves=(_LOSS, ("reward margin", ("rewards/margins", "eval_rewards/margins"))),
             preview="dpo",
-            # Each row's answer and a mismatched one (KTO's KL estimate) go through the model together.
-            memory=MemoryModel(sequences=2, lm_head="full", reference_adapter_copy=True),
+            # Each row's answer and a mismatched one (KTO's KL estimate) go through the model together; TRL computes
+            # log-probabilities with a fused LM head, as for DPO.
+            memory=MemoryModel(sequences=2, reference_adapter_copy=True),
         ),
         *(
             Stage(
@@ -170,7 +171,7 @@ STAGES: dict[str, Stage] = {
                 data_format="preference",
                 curves=(_LOSS, ("reward margin", ("rewards/margins", "eval_rewards/margins"))),
                 preview="dpo",
-                memory=MemoryModel(sequences=2, lm_head="full"),  # chosen + rejected, full logits, no reference
+                memory=MemoryModel(sequences=2, lm_head="full"),  # chosen + rejected, their full logits; no reference
             )
             for name, title in (("orpo", "ORPO (odds-ratio preference optimisation; experimental in TRL)"),
                                 ("cpo", "CPO / SimPO (reference-free preference optimisation; experimental in TRL)"))
