@@ -316,6 +316,10 @@ def estimate(stage: str, model_args, training_args, model_config=None) -> Memory
         if reward:  # after training, the recipe scores pairs without gradients (alignkit.metrics.reward_stats)
             scoring = _scoring_bytes(config, seq, act_bytes, peft_config is not None, training_args.per_device_eval_batch_size)
             activations = max(activations, scoring)
+        if spec.memory.best_of_n:  # the reward model stays loaded; between rounds the policy samples n answers a prompt
+            weights += _reward_model_bytes(training_args, notes)
+            rollouts = training_args.generation_batch_size * training_args.num_generations
+            activations = max(activations, _generation_bytes(config, rollouts, seq + training_args.max_completion_length, act_bytes))
     if quant_bits:  # one linear layer's weight is dequantised at a time in forward and backward
         largest = max((m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear)), default=0)
         activations += largest * act_bytes
@@ -365,6 +369,13 @@ def _critic_free_rl(config, model_args, training_args, weights, adapters, adapte
         getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads)
     cache = rollouts * seq * config.num_hidden_layers * 2 * kv * act["act_bytes"]
     return weights, adapters, max(activations, cache + rollouts * config.vocab_size * 4)
+
+
+def _generation_bytes(config, rollouts: int, seq: int, act_bytes: int) -> float:
+    """`generate` over `rollouts` sequences of up to `seq` tokens: the key/value cache and one step's fp32 logits."""
+    kv = (getattr(config, "num_key_value_heads", None) or config.num_attention_heads) * (
+        getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads)
+    return rollouts * seq * config.num_hidden_layers * 2 * kv * act_bytes + rollouts * config.vocab_size * 4
 
 
 def _reward_model_bytes(training_args, notes: list[str]) -> int:

@@ -30,6 +30,7 @@ class MemoryModel:
     reference_adapter_copy: bool = False  # DPO on an SFT adapter: TRL keeps a frozen copy as the reference
     online_rl: bool = False  # rollouts, a value model and a reward model beside the policy (PPO)
     critic_free_rl: bool = False  # sampled completions, a frozen reward model of its own, no value model (GRPO, RLOO)
+    best_of_n: bool = False  # an SFT step, with a frozen reward model beside it and sampling between rounds (best_of_n)
 
 
 @dataclass(frozen=True)
@@ -143,6 +144,41 @@ STAGES: dict[str, Stage] = {
             )
             for name, title in (("grpo", "GRPO (online RL against a reward model)"),
                                 ("rloo", "RLOO (online RL against a reward model)"))
+        ),
+        Stage(
+            name="best_of_n",
+            title="best-of-n rejection sampling (SFT on the reward model's favourite answers)",
+            config="alignkit.best_of_n:BestOfNConfig",
+            data_format="prompts",
+            inputs=("model", "reward_model"),
+            required=("reward_model_path",),
+            curves=(_LOSS, ("token accuracy", ("mean_token_accuracy",))),
+            preview="prompts",
+            memory=MemoryModel(best_of_n=True),
+        ),
+        Stage(
+            name="kto",
+            title="Kahneman-Tversky Optimization (KTO)",
+            config="trl:KTOConfig",
+            data_format="preference",  # pairs, unpaired by the recipe into desirable and undesirable answers
+            curves=(_LOSS, ("reward margin", ("rewards/margins", "eval_rewards/margins"))),
+            preview="dpo",
+            # Each row's answer and a mismatched one (KTO's KL estimate) go through the model together; TRL computes
+            # log-probabilities with a fused LM head, as for DPO.
+            memory=MemoryModel(sequences=2, reference_adapter_copy=True),
+        ),
+        *(
+            Stage(
+                name=name,
+                title=title,
+                config=f"alignkit.experimental:{name.upper()}Config",
+                data_format="preference",
+                curves=(_LOSS, ("reward margin", ("rewards/margins", "eval_rewards/margins"))),
+                preview="dpo",
+                memory=MemoryModel(sequences=2, lm_head="full"),  # chosen + rejected, their full logits; no reference
+            )
+            for name, title in (("orpo", "ORPO (odds-ratio preference optimisation; experimental in TRL)"),
+                                ("cpo", "CPO / SimPO (reference-free preference optimisation; experimental in TRL)"))
         ),
     )
 }

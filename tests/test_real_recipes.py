@@ -1,6 +1,7 @@
 """The real-model recipes (recipes/qwen2.5-0.5b) cannot train here (no Hub), so their files are checked instead:
 every stage config parses strictly, the pipeline validates, each stage's resolved config (file + inputs) parses
-as `alignkit run` would give it, the chat template is Qwen's own format, and so are the CPU check's overrides."""
+as `alignkit run` would give it, the chat template is Qwen's own format, and so are the CPU check's overrides. The
+stages run after the pipeline (GRPO, RLOO, best-of-n) parse too, and their memory estimates fit a 24 GB card."""
 
 import importlib.util
 import json
@@ -15,6 +16,8 @@ from alignkit.pipeline import load_pipeline
 RECIPE_DIR = REPO / "recipes" / "qwen2.5-0.5b"
 PIPELINE = RECIPE_DIR / "pipeline.yaml"
 BASE = "Qwen/Qwen2.5-0.5B-Instruct"
+# Stage configs run after the pipeline, from its SFT and reward outputs (each file's header gives the command).
+AFTER_PIPELINE = {"grpo.yaml": "grpo", "rloo.yaml": "rloo", "best_of_n.yaml": "best_of_n"}
 
 
 def stage_configs() -> dict[str, str]:
@@ -25,10 +28,11 @@ def stage_configs() -> dict[str, str]:
 
 def test_every_yaml_in_the_folder_is_a_stage_config_of_the_pipeline():
     files = {p.name for p in RECIPE_DIR.glob("*.yaml")} - {"pipeline.yaml"}
-    assert files == set(stage_configs()) == {"sft.yaml", "reward.yaml", "dpo.yaml", "ppo.yaml"}
+    assert files - set(AFTER_PIPELINE) == set(stage_configs()) == {"sft.yaml", "reward.yaml", "dpo.yaml", "ppo.yaml"}
+    assert set(AFTER_PIPELINE) <= files
 
 
-@pytest.mark.parametrize("config,recipe", sorted(stage_configs().items()))
+@pytest.mark.parametrize("config,recipe", sorted({**stage_configs(), **AFTER_PIPELINE}.items()))
 def test_each_stage_config_parses_strictly(config, recipe, tmp_path):
     script_args, training_args, model_args = parse_args(
         STAGE_ARGS[recipe],
@@ -37,7 +41,28 @@ def test_each_stage_config_parses_strictly(config, recipe, tmp_path):
     # Sized for one 24 GB GPU: LoRA on bf16 weights (the checkpoint's own dtype), activation checkpointing on.
     assert model_args.use_peft and model_args.dtype == "auto" and not model_args.load_in_4bit
     assert training_args.activation_checkpointing
-    assert script_args.dataset_name.count("/") == 1  # a Hub data set
+    sources = [script_args.dataset_name] if script_args.dataset_name else [d.path for d in script_args.datasets]
+    assert sources and all(name.count("/") == 1 for name in sources)  # Hub data sets
+
+
+@pytest.mark.parametrize("config,recipe", sorted(AFTER_PIPELINE.items()))
+def test_the_stages_after_the_pipeline_fit_a_24gb_card_with_the_pipelines_reward_model(config, recipe, tmp_path):
+    import sys
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from gpu_check import CONFIGS  # Qwen2.5-0.5B's published shape
+    from transformers import Qwen2Config
+
+    from alignkit import memory
+
+    shape = Qwen2Config(**CONFIGS["0.5b"], dtype="bfloat16")
+    shape.save_pretrained(tmp_path / "reward")  # the reward stage's base: a model folder, read for its config only
+    _, training_args, model_args = parse_args(STAGE_ARGS[recipe], [
+        "--config", str(RECIPE_DIR / config), "--model_name_or_path", BASE, "--reward_model_path", str(tmp_path / "reward"),
+        "--output_dir", str(tmp_path / recipe)])
+    estimate = memory.estimate(recipe, model_args, training_args, model_config=shape)
+    assert "the reward model is loaded beside the policy" in estimate.notes
+    assert estimate.total < 22 / 1.16 * 2**30, estimate.summary()  # as tests/test_qlora_recipes.py sizes 7B
 
 
 def test_the_pipeline_validates_and_wires_each_stage_to_its_inputs():

@@ -1,10 +1,10 @@
-"""GRPO and RLOO under `accelerate launch` with 2 CPU processes (one launch for both): the ranks split the prompts,
-end with the same adapter, and the outputs are written once."""
+"""GRPO, RLOO and best_of_n under `accelerate launch` with 2 CPU processes (one launch for all three): the ranks split
+the prompts, end with the same adapter, and the outputs are written once."""
 
 import json
 
 import pytest
-from conftest import write_jsonl  # tests/conftest.py
+from conftest import FAST, run_stage, write_jsonl  # tests/conftest.py
 
 from launch.conftest import RANK_DUMP, accelerate_launch, assert_ranks_agree, read_rank_dumps
 
@@ -12,6 +12,7 @@ pytestmark = pytest.mark.launch
 
 PROCESSES, BATCH, GENERATIONS, PROMPTS = 2, 4, 2, 8
 STAGES = ("grpo", "rloo")
+BON_MAX_STEPS = 2
 # What a stage continuing an SFT adapter writes to its output_dir (TRL saves the frozen reference copy in ref/).
 FILES = {
     "alignkit_run.json", "alignkit_config.yaml", "all_results.json", "trainer_state.json", "training_args.bin",
@@ -39,7 +40,18 @@ def online_launch(tiny_base, sft_messages_file, world, tmp_path_factory):
             "--report_to", "none", "--logging_steps", "1", "--disable_tqdm", "true", "--activation_checkpointing", "false",
             ":::",
         ]  # fmt: skip
-    result = accelerate_launch(RANK_DUMP, args[:-1], nproc=PROCESSES)
+    # best_of_n keeps only answers that end with EOS: its policy is a full SFT model trained long enough to end them.
+    run_stage("sft", "--model_name_or_path", str(tiny_base), "--dataset_name", str(sft_messages_file),
+              "--output_dir", str(root / "sft_full"), *FAST, "--max_steps", "40", "--learning_rate", "1e-2")
+    args += [
+        "best_of_n", "--model_name_or_path", root / "sft_full", "--reward_model_path", root / "reward",
+        "--dataset_name", prompts, "--eval_split_size", "0", "--output_dir", root / "best_of_n", "--use_peft", "true",
+        "--num_generations", GENERATIONS, "--max_completion_length", "16", "--generation_batch_size", "2",
+        "--iterations", "2", "--max_steps", BON_MAX_STEPS, "--per_device_train_batch_size", "2", "--learning_rate", "1e-2",
+        "--seed", "0", "--save_strategy", "no", "--report_to", "none", "--logging_steps", "1", "--disable_tqdm", "true",
+        "--activation_checkpointing", "false",
+    ]  # fmt: skip
+    result = accelerate_launch(RANK_DUMP, args, nproc=PROCESSES)
     return root, result.stdout + result.stderr
 
 
@@ -62,5 +74,27 @@ def test_online_rl_ranks_split_the_prompts_and_end_with_equal_adapters(online_la
 
 def test_only_the_main_process_logs_and_writes(online_launch):
     _, log = online_launch
-    assert log.count("'train_runtime'") == len(STAGES)  # one training summary per stage
-    assert log.count("memory estimate: ~") == len(STAGES)
+    # One training summary per stage (best_of_n: one per iteration), one memory estimate per stage.
+    assert log.count("'train_runtime'") == len(STAGES) + 2
+    assert log.count("memory estimate: ~") == len(STAGES) + 1
+    assert log.count("best_of_n iteration 1: kept") == 1
+
+
+def test_best_of_n_ranks_sample_their_own_share_and_keep_each_prompt_once(online_launch):
+    from alignkit.best_of_n import kept_path
+
+    root, _ = online_launch
+    ranks = read_rank_dumps(root / "dump" / "best_of_n")
+    assert_ranks_agree(ranks, world_size=PROCESSES)
+    prompts = [json.loads(line)["prompt"] for line in (root / "prompts.jsonl").read_text().splitlines()]
+    stats = json.loads((root / "best_of_n" / "alignkit_run.json").read_text())["best_of_n"]
+    for iteration, round_stats in enumerate(stats, 1):
+        # The counts are summed over the processes: 8 prompts in all, so each process sampled only its share of them.
+        assert round_stats["prompts"] == PROMPTS and round_stats["iteration"] == iteration
+        rows = [json.loads(line) for line in kept_path(root / "best_of_n", iteration).read_text().splitlines()]
+        kept = [r["prompt"] for r in rows]
+        # Written once, each kept prompt once, in prompt order (rank 0's share first), with n candidates each.
+        assert len(rows) == round_stats["kept"] and kept == [p for p in prompts if p in kept] and len(kept) > PROMPTS // 2
+        assert all(len(r["candidate_scores"]) == GENERATIONS for r in rows)
+    # The SFT of the last round trained as one DDP run (2 steps of 2 rows a process).
+    assert ranks[0]["global_step"] == BON_MAX_STEPS
