@@ -40,6 +40,7 @@ from alignkit.stages import AUDIT_REWARD, STAGES
 JSON_FILE = "report.json"
 MARKDOWN_FILE = "report.md"
 FIGURES_DIR = "figures"
+ONLINE_FIGURE = "online.png"  # the online methods' reward and KL per update, overlaid
 STATUS = {"skip": "skipped", "resume": "resumed", "start": "trained", "rerun": "trained"}
 # The names the series a stage logs per update (`Stage.series`) get in its report row.
 SERIES_NAMES = {"score": "reward", "kl": "kl", "audit_score": "audit_reward", AUDIT_REWARD: "audit_reward"}
@@ -299,6 +300,7 @@ def write_report(
     _fill_rm_scores(stages)
     for name, figure in write_figures(pipeline, stages).items():
         stages[name]["figure"] = figure
+    online = plot_online(stages, out / FIGURES_DIR / ONLINE_FIGURE)
     report = {
         "pipeline": str(pipeline.path),
         "output_dir": str(out),
@@ -306,6 +308,7 @@ def write_report(
         "evaluation": {k: pipeline.substitute(v) for k, v in pipeline.evaluation.items()},
         "judge_columns": dict(judge_columns or {}),
         "stages": stages,
+        **({"online_figure": f"{FIGURES_DIR}/{ONLINE_FIGURE}"} if online else {}),
         "wall_seconds": round(wall_seconds, 1),
     }
     (out / JSON_FILE).write_text(json.dumps(report, indent=2), encoding="utf-8")
@@ -353,6 +356,42 @@ def plot_curves(name: str, recipe: str, history: list[dict], target: Path) -> bo
         if len(keys) > 1:
             ax.legend(fontsize=7)
     fig.suptitle(f"{name} ({recipe})", fontsize=11)
+    fig.tight_layout()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(target, dpi=90)
+    plt.close(fig)
+    return True
+
+
+def plot_online(stages: Mapping[str, dict], target: Path) -> bool:
+    """
+    The online methods (PPO, GRPO, RLOO: the stages with a per-update reward series) side by side in `target`: the
+    reward each optimised and its KL to the reference, over the fraction of its training done (their updates differ
+    in size); the audit reward model's reward dashed in the same colour. False (and no file) with fewer than two.
+    """
+    online = {name: row for name, row in stages.items() if len(row.get("reward") or []) > 1 and row.get("kl")}
+    if len(online) < 2:
+        target.unlink(missing_ok=True)  # no stale figure of an earlier run
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (reward_ax, kl_ax) = plt.subplots(1, 2, figsize=(8, 3))
+    progress = lambda values: [(i + 1) / len(values) for i in range(len(values))]  # noqa: E731
+    for name, row in online.items():
+        (line,) = reward_ax.plot(progress(row["reward"]), row["reward"], label=f"{name} ({row['recipe']})")
+        if row.get("audit_reward"):
+            reward_ax.plot(progress(row["audit_reward"]), row["audit_reward"], linestyle="--", color=line.get_color(),
+                           label=f"{name}: audit RM")
+        kl_ax.plot(progress(row["kl"]), row["kl"], color=line.get_color(), label=name)
+    reward_ax.set_title("reward (as each method logs it)", fontsize=10)
+    kl_ax.set_title("KL to reference", fontsize=10)
+    for ax in (reward_ax, kl_ax):
+        ax.set_xlabel("fraction of training", fontsize=9)
+        ax.tick_params(labelsize=8)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     target.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(target, dpi=90)
@@ -475,6 +514,8 @@ def format_markdown(report: Mapping) -> str:
                         lines.append(f"| {name} | {_md(ex['answer']) or '*(empty)*'} |")
             lines.append("")
 
+    if report.get("online_figure"):
+        lines += ["## Online methods side by side", "", f"![reward and KL per update]({report['online_figure']})", ""]
     figures = [(name, row["figure"]) for name, row in stages.items() if row.get("figure")]
     if figures:
         lines += ["## Training curves", ""]
