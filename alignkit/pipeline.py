@@ -54,7 +54,7 @@ RUNNER_KEYS = ("output_dir", "overwrite_output_dir", "resume_from_checkpoint")
 VARIABLE = re.compile(r"\$\{([^}]*)\}")
 # Settings that name a file: a relative one is looked up beside the pipeline file, then (for files written relative to
 # a project root, as the shipped recipes are) in the working directory and in the folders above the pipeline file.
-FILE_KEYS = ("chat_template_path", "deepspeed", "fsdp_config", "accelerator_config")
+FILE_KEYS = ("chat_template_path", "deepspeed", "fsdp_config", "accelerator_config", "constitution", "judge_prompts")
 # Settings that name a file or folder which may also be a Hub id: a relative one is taken beside the pipeline file
 # (or the stage config that sets it) when it exists there, else as written (the working directory, or the Hub).
 PATH_KEYS = (*FILE_KEYS, "dataset_name", *INPUTS.values())

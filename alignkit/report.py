@@ -108,7 +108,7 @@ def reward_model_for(pipeline: Pipeline, stage: Stage) -> str | None:
     if own in pipeline.stages:
         return own
     names = list(pipeline.stages)
-    earlier = [n for n in names[: names.index(stage.name)] if not pipeline.stages[n].spec.is_policy]
+    earlier = [n for n in names[: names.index(stage.name)] if pipeline.stages[n].spec.is_reward_model]
     return earlier[-1] if earlier else None
 
 
@@ -145,6 +145,7 @@ def stage_row(pipeline: Pipeline, stage: Stage, action: str, seconds: float | No
             row["perplexity_before"] = math.exp(min(losses[0]["eval_loss"], 50.0))
         if "perplexity" in row["metrics"]:
             row["perplexity_after"] = row["metrics"]["perplexity"]
+    row.update(record.get("report", {}))  # what a stage asks the report to show (AI feedback: gold_agreement)
     if not spec.is_policy and "reward_stats" in record:
         stats = record["reward_stats"]  # exact pairwise accuracy on the held-out pairs
         row.update(eval_accuracy=stats["accuracy"], eval_margin=stats["margin"], prefers_longer=stats["prefers_longer"])
