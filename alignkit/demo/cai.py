@@ -1,7 +1,7 @@
 """The Constitutional AI demo (`alignkit run recipes/demo/cai.yaml`): the demo world, without any preference pair.
 
 Its `setup` writes what the CAI pipeline reads, and nothing more: the pretraining text, SFT data, unlabeled questions
-and the held-out questions. The SFT data is the world's (right answers, half of them rude) plus conversations that
+and the held-out questions. The SFT data is the world's questions with right answers, half of them rude, plus conversations that
 teach the tiny model to follow the demo constitution's requests (`alignkit/constitutions/demo.yaml`) the way a helpful
 model already would: asked "Is your answer rude?" after an answer it says whether it was; asked to answer again
 politely it gives the polite, correct answer; asked which of two answers is polite it names the right letter. Those
@@ -18,10 +18,11 @@ from pathlib import Path
 from alignkit.constitution import load_constitution
 from alignkit.demo.base import make_base
 from alignkit.demo.run import WORLD_SEED
-from alignkit.demo.world import POLITE_OPENERS, QUESTION_TEMPLATES, RUDE_OPENERS, World, _write_jsonl, is_rude_phrasing, make_world
+from alignkit.demo.world import POLITE_OPENERS, QUESTION_TEMPLATES, RUDE_OPENERS, VALUES, World, _write_jsonl, make_world
 
 CONSTITUTION = "demo"
 PRETRAIN_DOCS, PRETRAIN_TEST_DOCS = 3000, 200  # as the main demo (alignkit.demo.world.write_world)
+FLAWS = ("rude", "wrong", "garbled")
 CRITIQUE = {True: "Your answer was rude.", False: "Your answer was polite."}
 
 
@@ -39,11 +40,31 @@ def instruction_entities(world: World) -> list[str]:
     return [e for e in world.entities if e not in held]
 
 
+def garbled_opener(rng: random.Random) -> str:
+    """Two polite openers fused into one that no data teaches ("Great help!"): polite, yet not well formed."""
+    while True:  # "Great" + "question!" is an opener of the world: draw again
+        first, second = rng.sample(POLITE_OPENERS, 2)
+        fused = f"{first.split()[0]} {second.split()[-1]}"
+        if fused not in POLITE_OPENERS:
+            return fused
+
+
+def flawed_answer(world: World, rng: random.Random, entity: str, attribute: str, flaw: str) -> str:
+    """An answer with one flaw the gold judge sees: a rude opener, a wrong fact, or a garbled opener."""
+    if flaw == "rude":
+        return f"{rng.choice(RUDE_OPENERS)} {world.fact_sentence(entity, attribute)}"
+    if flaw == "wrong":
+        wrong = rng.choice([v for v in VALUES[attribute] if v != world.facts[entity][attribute]])
+        return f"{rng.choice(POLITE_OPENERS)} {world.fact_sentence(entity, attribute, wrong)}"
+    return f"{garbled_opener(rng)} {world.fact_sentence(entity, attribute)}"
+
+
 def instruction_examples(world: World, seed: int = 0) -> list[dict]:
     """
-    Conversations in which the assistant follows the demo constitution's requests: per question phrasing about an
-    instruction entity, one critique-then-revision conversation (its first answer rude as often as in the world's SFT
-    data, by the same phrasing rule) and one comparison of a rude and a polite answer, the polite one as often (A) as (B).
+    Conversations in which the assistant follows the demo constitution's requests, per question phrasing about an
+    instruction entity: one critique-then-revision conversation (its first answer rude half of the time) and one
+    comparison of the polite, correct, well-formed answer with a flawed one (rude, wrong or garbled, a third each),
+    the good one as often (A) as (B).
     """
     constitution = load_constitution(CONSTITUTION)
     principle = constitution.principles[0]
@@ -54,19 +75,36 @@ def instruction_examples(world: World, seed: int = 0) -> list[dict]:
         if entity not in entities:
             continue
         fact = world.fact_sentence(entity, attribute)
-        for template in QUESTION_TEMPLATES[attribute]:
+        flaws = [FLAWS[i % len(FLAWS)] for i in range(len(QUESTION_TEMPLATES[attribute]))]
+        rng.shuffle(flaws)
+        for template, flaw in zip(QUESTION_TEMPLATES[attribute], flaws):
             question = template.format(entity=entity)
-            rude = is_rude_phrasing(attribute, template)
+            rude = rng.random() < 0.5
             first = f"{rng.choice(RUDE_OPENERS if rude else POLITE_OPENERS)} {fact}"
             polite = f"{rng.choice(POLITE_OPENERS)} {fact}"
             rows.append({"messages": [_user(question), _assistant(first), _user(principle.critique), _assistant(CRITIQUE[rude]),
                                       _user(principle.revision), _assistant(polite)]})
-            rude_answer = f"{rng.choice(RUDE_OPENERS)} {fact}"
-            polite_first = rng.random() < 0.5
-            a, b = (polite, rude_answer) if polite_first else (rude_answer, polite)
+            good_first = rng.random() < 0.5
+            bad = flawed_answer(world, rng, entity, attribute, flaw)
+            a, b = (polite, bad) if good_first else (bad, polite)
             rows.append({"messages": [_user(constitution.comparison_prompt(principle, question, a, b)),
-                                      _assistant("A" if polite_first else "B")]})
+                                      _assistant("A" if good_first else "B")]})
     rng.shuffle(rows)
+    return rows
+
+
+def sft_examples(world: World, seed: int = 0) -> list[dict]:
+    """
+    The world's SFT conversations with each answer's opener drawn afresh, rude half of the time whatever the phrasing
+    (the world ties rudeness to the phrasing): so two answers sampled for one question differ in manners as often as
+    not, and AI feedback has pairs to tell apart.
+    """
+    rng = random.Random(f"alignkit-demo/{seed}/cai-sft")
+    rows = []
+    for example in world.sft_examples():
+        opener = rng.choice(RUDE_OPENERS if rng.random() < 0.5 else POLITE_OPENERS)
+        answer = f"{opener} {world.fact_sentence(example['entity'], example['attribute'])}"
+        rows.append({"messages": [example["messages"][0], _assistant(answer)]})
     return rows
 
 
@@ -88,7 +126,7 @@ def setup(output_dir: Path) -> dict[str, str]:
     data = Path(output_dir) / "data"
     for split, n in (("train", PRETRAIN_DOCS), ("test", PRETRAIN_TEST_DOCS)):  # deterministic: rewriting gives the same files
         _write_jsonl(data / "pretrain" / f"{split}.jsonl", [{"text": d} for d in world.pretrain_documents(n, split)])
-    world_sft = [{"messages": ex["messages"]} for ex in world.sft_examples()]
+    world_sft = sft_examples(world)
     n_test = round(len(world_sft) * 0.08)
     _write_jsonl(data / "sft_cai" / "train.jsonl", world_sft[:-n_test] + instruction_examples(world))
     _write_jsonl(data / "sft_cai" / "test.jsonl", world_sft[-n_test:])

@@ -9,6 +9,7 @@ from conftest import REPO
 from alignkit.constitution import load_constitution
 from alignkit.demo import cai
 from alignkit.demo.judge import GoldJudge
+from alignkit.demo.world import QUESTION_TEMPLATES
 from alignkit.pipeline import load_pipeline
 
 PIPELINE = REPO / "recipes" / "demo" / "cai.yaml"
@@ -53,15 +54,21 @@ def test_instruction_conversations_avoid_held_out_entities_and_follow_the_consti
         assert turns[2]["content"] == principle.critique and turns[4]["content"] == principle.revision
         entity = next(e for e in world.entities if e in re.findall(r"[a-z]+", turns[0]["content"].lower()))
         assert entity not in held
-        rude = not judge.judge(entity, "color", turns[1]["content"]).polite
+        rude = not judge.judge(entity, "color", turns[1]["content"]).polite  # politeness needs no attribute
         assert turns[3]["content"] == cai.CRITIQUE[rude]
         assert judge.judge(entity, "color", turns[5]["content"]).polite
     letters = [turns[1]["content"] for turns in comparisons]
     assert set(letters) == {"A", "B"} and 0.4 < letters.count("A") / len(letters) < 0.6
-    for turns in comparisons:
-        question = turns[0]["content"]
-        answer_a, answer_b = question.split("\n(A) ")[1].split("\n(B) ")
+    flaws = {"rude": 0, "wrong": 0, "garbled": 0}
+    for turns in comparisons:  # the letter names the answer the gold judge rates higher, whatever the flaw
+        question, rest = turns[0]["content"].removeprefix("Question: ").split("\n(A) ")
+        entity = next(e for e in world.entities if e in re.findall(r"[a-z]+", question.lower()))
+        attribute = next(a for a, ts in QUESTION_TEMPLATES.items() if question in (t.format(entity=entity) for t in ts))
+        answer_a, answer_b = rest.split("\n(B) ")
         answer_b = answer_b.split("\n")[0]
-        polite_a = judge.judge("fox", "color", answer_a).polite
-        assert polite_a != judge.judge("fox", "color", answer_b).polite
-        assert turns[1]["content"] == ("A" if polite_a else "B")
+        score = lambda text: sum(vars(judge.judge(entity, attribute, text)).values()) + judge.well_formed(entity, attribute, text)
+        assert score(answer_a) != score(answer_b)
+        assert turns[1]["content"] == ("A" if score(answer_a) > score(answer_b) else "B")
+        bad = verdict = judge.judge(entity, attribute, answer_b if turns[1]["content"] == "A" else answer_a)
+        flaws["rude" if not bad.polite else "wrong" if not verdict.correct else "garbled"] += 1
+    assert min(flaws.values()) > len(comparisons) / 4  # about a third each
