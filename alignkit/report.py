@@ -322,6 +322,7 @@ def columns(report: Mapping) -> list[tuple[str, Callable[[dict], str | None]]]:
         ("from", lambda r: r.get("from")),
         ("perplexity", _perplexity),
         ("RM acc", lambda r: _number(r.get("eval_accuracy"))),
+        ("AI agree", lambda r: _number(r.get("gold_agreement"))),  # AI feedback's labels against the judge
         *((headers.get(k, k), lambda r, k=k: _number(r.get(k))) for k in judged),
         ("RM score", lambda r: _number(r.get("rm_score"))),
         ("RM win", lambda r: _number(r.get("rm_win_rate_vs_previous"))),
