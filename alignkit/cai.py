@@ -85,7 +85,7 @@ class AIFeedbackConfig:
     The AI feedback stage: no training, a preference data set written to `<output_dir>/preference/train.jsonl`.
 
     Args:
-        output_dir (`str`):
+        output_dir (`str`, *optional*, defaults to `"ai_feedback_output"`):
             Where the preference data set and the run record go.
         constitution (`str`, *optional*, defaults to `"default"`):
             A constitution YAML file, or the name of a shipped one; each pair is compared by a sampled principle.
@@ -106,7 +106,7 @@ class AIFeedbackConfig:
             A JSONL prompts file whose rows the judge can rate (e.g. held-out questions); never part of the output.
     """
 
-    output_dir: str | None = field(default=None, metadata={"help": "Where the preference data set goes."})
+    output_dir: str = field(default="ai_feedback_output", metadata={"help": "Where the preference data set goes."})
     seed: int = field(default=42, metadata={"help": "Seeds the sampled answers and principles."})
     constitution: str = field(default="default", metadata={"help": "Constitution YAML file or shipped name (default)."})
     feedback_model_path: str | None = field(default=None, metadata={"help": "Feedback model (default: the policy)."})
