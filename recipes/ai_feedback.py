@@ -23,6 +23,7 @@ from alignkit import __version__, cai, data, models, outputs
 from alignkit.cli import run_recipe
 from alignkit.config import ScriptArguments, save_config
 from alignkit.constitution import load_constitution
+from alignkit.errors import DataError
 from alignkit.evaluation import generate, judges, load_prompts, prompt_conversation
 from alignkit.training import lineage
 
@@ -76,6 +77,10 @@ def _label(script_args, args, model_args, prompts, constitution, judge, judge_ro
     rows = [cai.preference_row(c, a, b, p, principle) for c, (a, b), (p, principle) in zip(conversations, pairs, labels)]
     kept = [r for r in rows if r["chosen"] != r["rejected"] and r["label"] >= args.min_confidence]
 
+    if not kept:
+        raise DataError(f"the feedback model could not tell the two answers apart (label >= min_confidence "
+                        f"{args.min_confidence}) for any of the {len(rows)} prompts; lower min_confidence, raise temperature "
+                        "or check the feedback model's answers to the constitution's comparison questions.")
     report = {"pairs": len(rows), "kept": len(kept), "mean_label": sum(r["label"] for r in kept) / max(1, len(kept))}
     if judge is not None:  # the judge's preference on pairs for prompts it can rate, never part of the output
         held_pairs, held_labels = label([prompt_conversation(r) for r in judge_rows])

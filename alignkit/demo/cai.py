@@ -23,6 +23,7 @@ from alignkit.demo.world import POLITE_OPENERS, QUESTION_TEMPLATES, RUDE_OPENERS
 CONSTITUTION = "demo"
 PRETRAIN_DOCS, PRETRAIN_TEST_DOCS = 3000, 200  # as the main demo (alignkit.demo.world.write_world)
 FLAWS = ("rude", "wrong", "garbled")
+RUDE_SHARE = 0.8  # how often the SFT data answers a rude phrasing rudely (and a polite one politely)
 CRITIQUE = {True: "Your answer was rude.", False: "Your answer was polite."}
 
 
@@ -95,14 +96,16 @@ def instruction_examples(world: World, seed: int = 0) -> list[dict]:
 
 def sft_examples(world: World, seed: int = 0) -> list[dict]:
     """
-    The world's SFT conversations with each answer's opener drawn afresh, rude half of the time whatever the phrasing
-    (the world ties rudeness to the phrasing): so two answers sampled for one question differ in manners as often as
-    not, and AI feedback has pairs to tell apart.
+    The world's SFT conversations, their openers drawn afresh: rude 80% of the time for the phrasings the world answers
+    rudely and 20% for the others. Half of the answers stay rude and greedy decoding is still rude on the rude
+    phrasings, but two answers sampled for one question now differ in manners a third of the time, so AI feedback
+    has pairs to tell apart (with the world's all-or-nothing rule, both answers would always have the same manners).
     """
     rng = random.Random(f"alignkit-demo/{seed}/cai-sft")
     rows = []
     for example in world.sft_examples():
-        opener = rng.choice(RUDE_OPENERS if rng.random() < 0.5 else POLITE_OPENERS)
+        rude = rng.random() < (RUDE_SHARE if example["rude"] else 1 - RUDE_SHARE)
+        opener = rng.choice(RUDE_OPENERS if rude else POLITE_OPENERS)
         answer = f"{opener} {world.fact_sentence(example['entity'], example['attribute'])}"
         rows.append({"messages": [example["messages"][0], _assistant(answer)]})
     return rows
