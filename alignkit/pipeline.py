@@ -371,8 +371,13 @@ class Pipeline:
     # ------------------------------------------------------------------------------------ what stages ran from
 
     def input_stages(self, stage: Stage) -> list[str]:
-        """The stages of this pipeline whose outputs `stage` reads."""
-        return list(dict.fromkeys(value for value in stage.inputs.values() if value in self.stages))
+        """The stages of this pipeline whose outputs `stage` reads: its input models, and data an earlier stage wrote
+        that its args name by path (`${output_dir}/ai_feedback/preference`), so it reruns when that stage does."""
+        read = [value for value in stage.inputs.values() if value in self.stages]
+        names = list(self.stages)
+        for text in _strings(stage.args):
+            read += [n for n in names[: names.index(stage.name)] if f"${{output_dir}}/{n}/" in f"{text}/"]
+        return list(dict.fromkeys(read))
 
     def run_digest(self, name: str) -> str | None:
         """A digest of stage `name`'s run record (None when it holds no finished run): it changes with every run."""

@@ -20,3 +20,21 @@ def test_the_report_row_of_ai_feedback_carries_its_gold_agreement_and_the_table_
     assert report.reward_model_for(pipeline, pipeline.stages["dpo"]) is None  # a data set scores no answers
     table = report.format_table({"stages": {"ai_feedback": row}, "judge_columns": {}, "wall_seconds": 1.0})
     assert "AI agree" in table.splitlines()[0] and "0.93" in table.splitlines()[1]
+
+
+def test_a_stage_reading_an_earlier_stages_data_by_path_reruns_when_that_stage_does(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text(f"base_model: m\noutput_dir: {tmp_path / 'out'}\nstages:\n"
+                    "  sft: {recipe: sft, model: base}\n"
+                    "  ai_feedback: {recipe: ai_feedback, model: sft}\n"
+                    "  reward: {recipe: reward, model: sft, args: {dataset_name: '${output_dir}/ai_feedback/preference'}}\n")
+    pipeline = load_pipeline(path)
+    assert pipeline.input_stages(pipeline.stages["reward"]) == ["sft", "ai_feedback"]
+    for name in ("sft", "ai_feedback", "reward"):
+        pipeline.stage_dir(name).mkdir(parents=True)
+        finish_run(pipeline.stage_dir(name), {"stage": name, "metrics": {}})
+        pipeline.record_trained(pipeline.stages[name])
+    assert pipeline.plan() == {"sft": "skip", "ai_feedback": "skip", "reward": "skip"}
+    finish_run(pipeline.stage_dir("ai_feedback"), {"stage": "ai_feedback", "metrics": {"kept": 1}})  # labelled again
+    assert pipeline.plan() == {"sft": "skip", "ai_feedback": "skip", "reward": "rerun"}
+    assert pipeline.why["reward"] == "its input ai_feedback was trained again after it"
