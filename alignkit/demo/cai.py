@@ -18,11 +18,10 @@ from pathlib import Path
 from alignkit.constitution import load_constitution
 from alignkit.demo.base import make_base
 from alignkit.demo.run import WORLD_SEED
-from alignkit.demo.world import POLITE_OPENERS, QUESTION_TEMPLATES, RUDE_OPENERS, VALUES, World, _write_jsonl, make_world
+from alignkit.demo.world import POLITE_OPENERS, QUESTION_TEMPLATES, RUDE_OPENERS, World, _write_jsonl, make_world
 
 CONSTITUTION = "demo"
 PRETRAIN_DOCS, PRETRAIN_TEST_DOCS = 3000, 200  # as the main demo (alignkit.demo.world.write_world)
-FLAWS = ("rude", "wrong", "garbled")
 RUDE_SHARE = 0.8  # how often the SFT data answers a rude phrasing rudely (and a polite one politely)
 CRITIQUE = {True: "Your answer was rude.", False: "Your answer was polite."}
 
@@ -41,31 +40,12 @@ def instruction_entities(world: World) -> list[str]:
     return [e for e in world.entities if e not in held]
 
 
-def garbled_opener(rng: random.Random) -> str:
-    """Two polite openers fused into one that no data teaches ("Great help!"): polite, yet not well formed."""
-    while True:  # "Great" + "question!" is an opener of the world: draw again
-        first, second = rng.sample(POLITE_OPENERS, 2)
-        fused = f"{first.split()[0]} {second.split()[-1]}"
-        if fused not in POLITE_OPENERS:
-            return fused
-
-
-def flawed_answer(world: World, rng: random.Random, entity: str, attribute: str, flaw: str) -> str:
-    """An answer with one flaw the gold judge sees: a rude opener, a wrong fact, or a garbled opener."""
-    if flaw == "rude":
-        return f"{rng.choice(RUDE_OPENERS)} {world.fact_sentence(entity, attribute)}"
-    if flaw == "wrong":
-        wrong = rng.choice([v for v in VALUES[attribute] if v != world.facts[entity][attribute]])
-        return f"{rng.choice(POLITE_OPENERS)} {world.fact_sentence(entity, attribute, wrong)}"
-    return f"{garbled_opener(rng)} {world.fact_sentence(entity, attribute)}"
-
-
 def instruction_examples(world: World, seed: int = 0) -> list[dict]:
     """
     Conversations in which the assistant follows the demo constitution's requests, per question phrasing about an
     instruction entity: one critique-then-revision conversation (its first answer rude half of the time) and one
-    comparison of the polite, correct, well-formed answer with a flawed one (rude, wrong or garbled, a third each),
-    the good one as often (A) as (B).
+    comparison of a polite and a rude answer, the polite one as often (A) as (B). (Comparisons that also asked to spot a
+    wrong fact or a garbled opener were not learned at all by the tiny model: 0.56 on its own training comparisons.)
     """
     constitution = load_constitution(CONSTITUTION)
     principle = constitution.principles[0]
@@ -76,20 +56,18 @@ def instruction_examples(world: World, seed: int = 0) -> list[dict]:
         if entity not in entities:
             continue
         fact = world.fact_sentence(entity, attribute)
-        flaws = [FLAWS[i % len(FLAWS)] for i in range(len(QUESTION_TEMPLATES[attribute]))]
-        rng.shuffle(flaws)
-        for template, flaw in zip(QUESTION_TEMPLATES[attribute], flaws):
+        for template in QUESTION_TEMPLATES[attribute]:
             question = template.format(entity=entity)
             rude = rng.random() < 0.5
             first = f"{rng.choice(RUDE_OPENERS if rude else POLITE_OPENERS)} {fact}"
             polite = f"{rng.choice(POLITE_OPENERS)} {fact}"
             rows.append({"messages": [_user(question), _assistant(first), _user(principle.critique), _assistant(CRITIQUE[rude]),
                                       _user(principle.revision), _assistant(polite)]})
-            good_first = rng.random() < 0.5
-            bad = flawed_answer(world, rng, entity, attribute, flaw)
-            a, b = (polite, bad) if good_first else (bad, polite)
+            polite_first = rng.random() < 0.5
+            rude_answer = f"{rng.choice(RUDE_OPENERS)} {fact}"
+            a, b = (polite, rude_answer) if polite_first else (rude_answer, polite)
             rows.append({"messages": [_user(constitution.comparison_prompt(principle, question, a, b)),
-                                      _assistant("A" if good_first else "B")]})
+                                      _assistant("A" if polite_first else "B")]})
     rng.shuffle(rows)
     return rows
 

@@ -59,7 +59,6 @@ def test_instruction_conversations_avoid_held_out_entities_and_follow_the_consti
         assert judge.judge(entity, "color", turns[5]["content"]).polite
     letters = [turns[1]["content"] for turns in comparisons]
     assert set(letters) == {"A", "B"} and 0.4 < letters.count("A") / len(letters) < 0.6
-    flaws = {"rude": 0, "wrong": 0, "garbled": 0}
     for turns in comparisons:  # the letter names the answer the gold judge rates higher, whatever the flaw
         question, rest = turns[0]["content"].removeprefix("Question: ").split("\n(A) ")
         entity = next(e for e in world.entities if e in re.findall(r"[a-z]+", question.lower()))
@@ -69,6 +68,4 @@ def test_instruction_conversations_avoid_held_out_entities_and_follow_the_consti
         score = lambda text: sum(vars(judge.judge(entity, attribute, text)).values()) + judge.well_formed(entity, attribute, text)
         assert score(answer_a) != score(answer_b)
         assert turns[1]["content"] == ("A" if score(answer_a) > score(answer_b) else "B")
-        bad = verdict = judge.judge(entity, attribute, answer_b if turns[1]["content"] == "A" else answer_a)
-        flaws["rude" if not bad.polite else "wrong" if not verdict.correct else "garbled"] += 1
-    assert min(flaws.values()) > len(comparisons) / 4  # about a third each
+        assert judge.judge(entity, attribute, answer_a).polite != judge.judge(entity, attribute, answer_b).polite
