@@ -229,10 +229,10 @@ def preference_row(prompt: Conversation, first: str, second: str, p_first: float
             "label": round(label, 6), "margin": round(margin, 6), "principle": principle}
 
 
-def agreement(labels: Sequence[float], gold_first: Sequence[float], gold_second: Sequence[float]) -> tuple[float | None, int]:
-    """How often the AI's preference (p > 0.5 for the first answer) matches the judge's, over pairs the judge tells
-    apart (different scores); (agreement, how many such pairs)."""
-    decided = [(p, g1 > g2) for p, g1, g2 in zip(labels, gold_first, gold_second) if g1 != g2]
+def agreement(labels: Sequence[float], gold: Sequence[tuple[float, float]]) -> tuple[float | None, int]:
+    """How often the AI's preference (p > 0.5 for the first answer) matches the judge's, over the pairs the judge tells
+    apart (its scores of the two answers differ); (agreement, how many such pairs)."""
+    decided = [(p, g1 > g2) for p, (g1, g2) in zip(labels, gold) if g1 != g2]
     if not decided:
         return None, 0
     return sum((p > 0.5) == first_better for p, first_better in decided) / len(decided), len(decided)

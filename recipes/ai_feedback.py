@@ -8,7 +8,8 @@ its next-token probabilities of "A" vs "B" give p(first answer better) = (p_AB +
 the output is `<output_dir>/preference/train.jsonl` (prompt, chosen, rejected, `label` = p(chosen better), `margin` =
 its log-odds, which TRL's RewardTrainer adds to its loss, `principle`), which the reward and DPO stages read as it is.
 DPO has no per-example weight in TRL 1.16, so it uses the pairs and ignores the label. With `judge` and
-`judge_prompts`, pairs sampled for those prompts (not in the output) measure how often the labels agree with the judge.
+`judge_prompts`, pairs sampled for those prompts (not in the output) measure how often the labels agree with the judge:
+`gold_agreement` on the pairs the output would keep (label >= min_confidence), `gold_agreement_all` on all of them.
 """
 
 import dataclasses
@@ -85,7 +86,11 @@ def _label(script_args, args, model_args, prompts, constitution, judge, judge_ro
     if judge is not None:  # the judge's preference on pairs for prompts it can rate, never part of the output
         held_pairs, held_labels = label([prompt_conversation(r) for r in judge_rows])
         gold = [[sum(map(float, judge(row, answer).values())) for answer in pair] for row, pair in zip(judge_rows, held_pairs)]
-        report["gold_agreement"], report["gold_pairs"] = cai.agreement([p for p, _ in held_labels], *zip(*gold))
+        labels = [p for p, _ in held_labels]
+        # On the pairs the output would keep (label >= min_confidence), and on every pair the judge tells apart.
+        sure = [i for i, p in enumerate(labels) if max(p, 1 - p) >= args.min_confidence]
+        report["gold_agreement"], report["gold_pairs"] = cai.agreement([labels[i] for i in sure], [gold[i] for i in sure])
+        report["gold_agreement_all"], report["gold_pairs_all"] = cai.agreement(labels, gold)
 
     out = Path(args.output_dir)
     (out / DATA_DIR).mkdir(parents=True, exist_ok=True)

@@ -76,8 +76,8 @@ def test_the_comparison_is_asked_in_the_chat_template_with_both_answers_labelled
 
 
 def test_agreement_counts_only_pairs_the_judge_tells_apart():
-    assert cai.agreement([0.9, 0.2, 0.7, 0.6], [2, 1, 1, 1], [1, 2, 2, 1]) == (2 / 3, 3)
-    assert cai.agreement([0.9], [1], [1]) == (None, 0)
+    assert cai.agreement([0.9, 0.2, 0.7, 0.6], [(2, 1), (1, 2), (1, 2), (1, 1)]) == (2 / 3, 3)
+    assert cai.agreement([0.9], [(1, 1)]) == (None, 0) and cai.agreement([], []) == (None, 0)
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +101,8 @@ def test_the_recipe_writes_preference_pairs_with_labels_and_a_run_record(feedbac
         assert row["chosen"] != row["rejected"] and 0.5 <= row["label"] <= 1 and row["margin"] >= 0
         assert row["principle"] in {"harmless", "honest", "polite"} and row["prompt"][-1]["role"] == "user"
     saved = json.loads((out / "alignkit_run.json").read_text())
-    assert saved["stage"] == "ai_feedback" and "gold_agreement" in saved["report"]
+    assert saved["stage"] == "ai_feedback" and {"gold_agreement", "gold_agreement_all"} <= set(saved["report"])
+    assert saved["report"]["gold_pairs"] <= saved["report"]["gold_pairs_all"] <= 8
 
 
 def test_the_reward_stage_reads_the_ai_labels_as_they_are_and_uses_the_margin(feedback_run, tiny_base, tmp_path):
