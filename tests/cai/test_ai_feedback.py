@@ -119,3 +119,14 @@ def test_the_dpo_stage_reads_the_ai_labels_as_they_are(feedback_run, tiny_base, 
     trainer = run_stage("dpo", "--model_name_or_path", str(tiny_base), "--dataset_name", str(out / "preference"),
                         "--output_dir", str(tmp_path / "dpo"), "--max_steps", "1", "--eval_split_size", "0", *FAST)
     assert trainer.state.global_step == 1
+
+
+def test_a_second_run_into_the_same_folder_is_refused_and_leaves_the_labels_untouched(feedback_run, tiny_base):
+    from alignkit.errors import OutputDirError
+
+    _, out = feedback_run
+    before = (out / "preference" / "train.jsonl").read_bytes()
+    with pytest.raises(OutputDirError, match="already holds a finished run.*overwrite_output_dir"):
+        run_stage("ai_feedback", "--model_name_or_path", str(tiny_base), "--dataset_name", str(out / "preference"),
+                  "--output_dir", str(out))
+    assert (out / "preference" / "train.jsonl").read_bytes() == before
