@@ -22,6 +22,10 @@ from alignkit.demo.world import POLITE_OPENERS, QUESTION_TEMPLATES, RUDE_OPENERS
 
 CONSTITUTION = "demo"
 PRETRAIN_DOCS, PRETRAIN_TEST_DOCS = 3000, 200  # as the main demo (alignkit.demo.world.write_world)
+# Instruction conversations per fact, each with its own phrasing. With all 6 the SFT model's held-out correctness fell to
+# 0.76 (the main demo's: 0.96), answers naming another entity ("The newt is gray." for the otter), as if it learned to
+# repeat fact sentences from the conversation, as the comparisons do.
+PHRASINGS_PER_FACT = 3
 RUDE_SHARE = 0.8  # how often the SFT data answers a rude phrasing rudely (and a polite one politely)
 CRITIQUE = {True: "Your answer was rude.", False: "Your answer was polite."}
 
@@ -42,10 +46,11 @@ def instruction_entities(world: World) -> list[str]:
 
 def instruction_examples(world: World, seed: int = 0) -> list[dict]:
     """
-    Conversations in which the assistant follows the demo constitution's requests, per question phrasing about an
-    instruction entity: one critique-then-revision conversation (its first answer rude half of the time) and one
-    comparison of a polite and a rude answer, the polite one as often (A) as (B). (Comparisons that also asked to spot a
-    wrong fact or a garbled opener were not learned at all by the tiny model: 0.56 on its own training comparisons.)
+    Conversations in which the assistant follows the demo constitution's requests, for `PHRASINGS_PER_FACT` question
+    phrasings per fact of an instruction entity: one critique-then-revision conversation (its first answer rude half of
+    the time) and one comparison of a polite and a rude answer, the polite one as often (A) as (B). (Comparisons that also
+    asked to spot a wrong fact or a garbled opener were not learned at all by the tiny model: 0.56 on its own training
+    comparisons.)
     """
     constitution = load_constitution(CONSTITUTION)
     principle = constitution.principles[0]
@@ -56,7 +61,7 @@ def instruction_examples(world: World, seed: int = 0) -> list[dict]:
         if entity not in entities:
             continue
         fact = world.fact_sentence(entity, attribute)
-        for template in QUESTION_TEMPLATES[attribute]:
+        for template in rng.sample(QUESTION_TEMPLATES[attribute], PHRASINGS_PER_FACT):
             question = template.format(entity=entity)
             rude = rng.random() < 0.5
             first = f"{rng.choice(RUDE_OPENERS if rude else POLITE_OPENERS)} {fact}"
