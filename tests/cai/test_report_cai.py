@@ -38,3 +38,19 @@ def test_a_stage_reading_an_earlier_stages_data_by_path_reruns_when_that_stage_d
     finish_run(pipeline.stage_dir("ai_feedback"), {"stage": "ai_feedback", "metrics": {"kept": 1}})  # labelled again
     assert pipeline.plan() == {"sft": "skip", "ai_feedback": "skip", "reward": "rerun"}
     assert pipeline.why["reward"] == "its input ai_feedback was trained again after it"
+
+
+def test_a_pipeline_names_the_feedback_model_by_stage_and_only_ai_feedback_takes_one(tmp_path):
+    import pytest
+
+    from alignkit.errors import ConfigError
+
+    path = tmp_path / "p.yaml"
+    path.write_text(f"base_model: m\noutput_dir: {tmp_path / 'out'}\nstages:\n"
+                    "  sft: {recipe: sft, model: base}\n"
+                    "  ai_feedback: {recipe: ai_feedback, model: sft, feedback_model: sft}\n")
+    pipeline = load_pipeline(path).validate()
+    assert pipeline.settings(pipeline.stages["ai_feedback"])["feedback_model_path"] == str(tmp_path / "out" / "sft")
+    path.write_text("base_model: m\nstages:\n  sft: {recipe: sft, model: base, feedback_model: base}\n")
+    with pytest.raises(ConfigError, match="a sft stage takes no feedback_model"):
+        load_pipeline(path).validate()
