@@ -22,10 +22,11 @@ from alignkit.demo.world import POLITE_OPENERS, QUESTION_TEMPLATES, RUDE_OPENERS
 
 CONSTITUTION = "demo"
 PRETRAIN_DOCS, PRETRAIN_TEST_DOCS = 3000, 200  # as the main demo (alignkit.demo.world.write_world)
-# Instruction conversations per fact, each with its own phrasing. With all 6 the SFT model's held-out correctness fell to
-# 0.76 (the main demo's: 0.96), answers naming another entity ("The newt is gray." for the otter), as if it learned to
-# repeat fact sentences from the conversation, as the comparisons do.
-PHRASINGS_PER_FACT = 3
+# Instruction conversations per fact, each with its own phrasing. The more there are, the more the SFT model's held-out
+# answers name another entity ("The newt is gray." for the otter), as if it learned to repeat fact sentences from the
+# conversation, as the comparisons do: held-out correctness 0.76 with all 6 phrasings, 0.85 with 3, 0.98 with 2 (the
+# main demo's SFT: 0.96); the feedback labels kept agree with the gold judge on 0.90 of pairs with 3, 0.92 with 2.
+PHRASINGS_PER_FACT = 2
 RUDE_SHARE = 0.8  # how often the SFT data answers a rude phrasing rudely (and a polite one politely)
 CRITIQUE = {True: "Your answer was rude.", False: "Your answer was polite."}
 
