@@ -513,6 +513,10 @@ def prepare(dataset: Dataset, stage: str, source: str, text_field: str = "text")
         columns = (["prompt"] if "prompt" in dataset.column_names else []) + ["chosen", "rejected"]
         check = _check_preference
     _check_rows(dataset, columns, source, check)
+    if fmt == "preference" and "margin" in dataset.column_names:  # TRL's RewardTrainer adds it to its loss (AI feedback)
+        if not all(isinstance(m, (int, float)) and not isinstance(m, bool) for m in dataset["margin"]):
+            raise DataError(f"{source}: every `margin` must be a number (how much better chosen is); fix or drop the column.")
+        columns = [*columns, "margin"]
     if set(dataset.column_names) != set(columns):
         dataset = dataset.select_columns(columns)
     if fmt == "preference":

@@ -231,7 +231,7 @@ def estimate(stage: str, model_args, training_args, model_config=None) -> Memory
     config = getattr(config, "text_config", None) or config
     notes: list[str] = []
     spec = stages.get(stage)
-    reward = not spec.is_policy
+    reward = spec.is_reward_model
     peft_config = None
     if model_args.use_peft:
         if adapter is not None:  # continuing an earlier stage's adapter

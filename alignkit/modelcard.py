@@ -142,7 +142,7 @@ def _title(stage: str) -> str:
 
 
 def _is_reward_model(stage: str) -> bool:
-    return stage in stages.STAGES and not stages.STAGES[stage].is_policy
+    return stage in stages.STAGES and stages.STAGES[stage].is_reward_model
 
 
 def _metrics(record: dict) -> dict[str, float]:

@@ -56,7 +56,7 @@ RUNNER_KEYS = ("output_dir", "overwrite_output_dir", "resume_from_checkpoint")
 VARIABLE = re.compile(r"\$\{([^}]*)\}")
 # Settings that name a file: a relative one is looked up beside the pipeline file, then (for files written relative to
 # a project root, as the shipped recipes are) in the working directory and in the folders above the pipeline file.
-FILE_KEYS = ("chat_template_path", "deepspeed", "fsdp_config", "accelerator_config")
+FILE_KEYS = ("chat_template_path", "deepspeed", "fsdp_config", "accelerator_config", "constitution", "judge_prompts")
 # Settings that name a file or folder which may also be a Hub id: a relative one is taken beside the pipeline file
 # (or the stage config that sets it) when it exists there, else as written (the working directory, or the Hub).
 PATH_KEYS = (*FILE_KEYS, "dataset_name", *INPUTS.values())
@@ -412,9 +412,15 @@ class Pipeline:
     # ------------------------------------------------------------------------------------ what stages ran from
 
     def input_stages(self, stage: Stage) -> list[str]:
-        """The stages of this pipeline whose outputs `stage` reads (the audit reward model's, for an online stage)."""
+        """The stages of this pipeline whose outputs `stage` reads: its input models, the audit reward model's (for an
+        online stage), and data an earlier stage wrote that its args name by path (`${output_dir}/ai_feedback/preference`),
+        so it reruns when that stage does."""
         audit = [self.audit_stage] if self.audits(stage) else []
-        return list(dict.fromkeys(value for value in [*stage.inputs.values(), *audit] if value in self.stages))
+        read = [value for value in [*stage.inputs.values(), *audit] if value in self.stages]
+        names = list(self.stages)
+        for text in _strings(stage.args):
+            read += [n for n in names[: names.index(stage.name)] if f"${{output_dir}}/{n}/" in f"{text}/"]
+        return list(dict.fromkeys(read))
 
     def run_digest(self, name: str) -> str | None:
         """A digest of stage `name`'s run record (None when it holds no finished run): it changes with every run."""

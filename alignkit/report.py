@@ -115,7 +115,7 @@ def reward_model_for(pipeline: Pipeline, stage: Stage) -> str | None:
         return own
     names = list(pipeline.stages)
     earlier = [n for n in names[: names.index(stage.name)]
-               if not pipeline.stages[n].spec.is_policy and n != pipeline.audit_stage]
+               if pipeline.stages[n].spec.is_reward_model and n != pipeline.audit_stage]
     return earlier[-1] if earlier else None
 
 
@@ -192,6 +192,7 @@ def stage_row(pipeline: Pipeline, stage: Stage, action: str, seconds: float | No
             row["perplexity_before"] = math.exp(min(losses[0]["eval_loss"], 50.0))
         if "perplexity" in row["metrics"]:
             row["perplexity_after"] = row["metrics"]["perplexity"]
+    row.update(record.get("report", {}))  # what a stage asks the report to show (AI feedback: gold_agreement)
     if not spec.is_policy and "reward_stats" in record:
         stats = record["reward_stats"]  # exact pairwise accuracy on the held-out pairs
         row.update(eval_accuracy=stats["accuracy"], eval_margin=stats["margin"], prefers_longer=stats["prefers_longer"])
@@ -423,6 +424,7 @@ def columns(report: Mapping) -> list[tuple[str, Callable[[dict], str | None]]]:
         ("from", lambda r: r.get("from")),
         ("perplexity", _perplexity),
         ("RM acc", lambda r: _number(r.get("eval_accuracy"))),
+        ("AI agree", lambda r: _number(r.get("gold_agreement"))),  # AI feedback's labels against the judge
         *((headers.get(k, k), lambda r, k=k: _number(r.get(k))) for k in judged),
         ("RM score", lambda r: _number(r.get("rm_score"))),
         ("audit RM", lambda r: _number(r.get("audit_rm_score"))),

@@ -119,6 +119,8 @@ def _write_model_cards(pipeline: Pipeline, rows: Mapping[str, dict]) -> None:
     from alignkit.modelcard import write_model_card
 
     for name, row in rows.items():
+        if pipeline.stages[name].spec.output == "data":
+            continue  # a data set, not a model: its run record and files say what it holds
         write_model_card(pipeline.stage_dir(name), evaluation=row)
 
 

@@ -41,7 +41,7 @@ class Stage:
     title: str  # what the model card says the model was trained with
     config: str  # the stage's TRL-style config class, `module:Class`
     data_format: str  # `alignkit.data` format: pretrain, sft, preference or prompts
-    output: str = "policy"  # "policy" (a causal LM) or "reward_model" (a one-output sequence classifier)
+    output: str = "policy"  # "policy" (a causal LM), "reward_model" (a one-output sequence classifier) or "data"
     inputs: tuple[str, ...] = ("model",)  # the models a pipeline stage may name: model, reward_model, value_model
     required: tuple[str, ...] = ()  # config keys the stage cannot run without, beyond the model
     perplexity: bool = False  # eval_loss is a language-model loss, so exp(eval_loss) means something
@@ -65,9 +65,13 @@ class Stage:
         return self.output == "policy"
 
     @property
+    def is_reward_model(self) -> bool:
+        return self.output == "reward_model"
+
+    @property
     def kind(self) -> str:
         """How a pipeline error names this stage's output."""
-        return "policy" if self.is_policy else "reward model"
+        return {"policy": "policy", "reward_model": "reward model"}.get(self.output, "data set")
 
 
 _LOSS = ("loss", ("loss", "eval_loss"))
@@ -128,6 +132,24 @@ STAGES: dict[str, Stage] = {
             preview="prompts",
             memory=MemoryModel(lm_head="full", online_rl=True),
         ),
+        Stage(
+            name="critique_revise",
+            title="Constitutional AI: SFT on the model's own revisions under a constitution",
+            config="alignkit.cai:CritiqueReviseConfig",
+            data_format="prompts",
+            perplexity=True,
+            curves=(_LOSS, ("token accuracy", ("mean_token_accuracy", "eval_mean_token_accuracy"))),
+            preview="prompts",
+        ),
+        Stage(
+            name="ai_feedback",
+            title="Constitutional AI: preference labels from a feedback model (no training)",
+            config="alignkit.cai:AIFeedbackConfig",
+            data_format="prompts",
+            output="data",
+            inputs=("model", "feedback_model"),
+            preview="prompts",
+        ),
         *(
             Stage(
                 name=name,
@@ -184,7 +206,8 @@ STAGES: dict[str, Stage] = {
 }
 
 # A pipeline input's role and the config key it sets.
-INPUT_KEYS = {"model": "model_name_or_path", "reward_model": "reward_model_path", "value_model": "value_model_path"}
+INPUT_KEYS = {"model": "model_name_or_path", "reward_model": "reward_model_path", "value_model": "value_model_path",
+              "feedback_model": "feedback_model_path"}
 
 
 def names() -> tuple[str, ...]:

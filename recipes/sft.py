@@ -27,7 +27,11 @@ def main(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mod
         tokenizer=tokenizer,
     )
     models.check_vocab(model, tokenizer, model_args.model_name_or_path)
+    return train(model, tokenizer, dataset, script_args, training_args, model_args)
 
+
+def train(model, tokenizer, dataset, script_args, training_args, model_args, stage: str = "sft", extra=None) -> SFTTrainer:
+    """SFT of a loaded model on checked data, then the stage's output; shared with `critique_revise`."""
     # Conversations learn from the assistant's turns only, as prompt/completion data learns from completions.
     if "messages" in dataset["train"].column_names and has_generation_markers(tokenizer.chat_template):
         training_args.assistant_only_loss = True
@@ -42,7 +46,7 @@ def main(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mod
     )
     if not training_args.packing:
         data.check_kept(len(dataset["train"]), len(trainer.train_dataset), "training rows", training_args.max_length)
-    training.train_and_save(trainer, "sft", script_args, training_args, model_args)
+    training.train_and_save(trainer, stage, script_args, training_args, model_args, extra=extra)
     return trainer
 
 

@@ -202,7 +202,9 @@ def check_stage(
         _check_lora_targets(model_config, model_args, report)
 
     # 5. The memory estimate, from the module that makes it.
-    if not models_ok:
+    if spec.output == "data":
+        report.add("memory", "not estimated: the stage only generates (no training step)")
+    elif not models_ok:
         report.add("memory", "not estimated: the models are not there to read their sizes")
     elif parsed:
         try:

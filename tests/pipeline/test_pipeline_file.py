@@ -183,6 +183,6 @@ def test_the_command_line_reports_a_bad_pipeline_in_one_line_without_loading_the
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [
         f"alignkit: error: {path}: stage 'dpo': model 'reward' is a reward model, not a policy. `model` must be a "
-        "policy stage (pretrain, sft, dpo, ppo, grpo, rloo) or `base`; a reward stage goes in `reward_model`."
+        "policy stage (pretrain, sft, dpo, ppo, critique_revise, grpo, rloo) or `base`; a reward stage goes in `reward_model`."
     ]
     assert time.time() - start < 5

@@ -133,10 +133,18 @@ def test_sft_text_loads_as_raw_text(tmp_path):
 
 
 def test_preference_pairs_keep_an_explicit_prompt(tmp_path):
-    path = write_jsonl(tmp_path / "pref.jsonl", [{"prompt": "2+2?", "chosen": "4", "rejected": "5", "margin": 1}])
+    path = write_jsonl(tmp_path / "pref.jsonl", [{"prompt": "2+2?", "chosen": "4", "rejected": "5", "source": "x"}])
     train = load(path, "preference")["train"]
     assert sorted(train.column_names) == ["chosen", "prompt", "rejected"]
     assert train[0] == {"prompt": "2+2?", "chosen": "4", "rejected": "5"}
+
+
+def test_preference_pairs_keep_a_numeric_margin_for_the_reward_model_and_refuse_another(tmp_path):
+    path = write_jsonl(tmp_path / "pref.jsonl", [{"prompt": "2+2?", "chosen": "4", "rejected": "5", "margin": 1.5}])
+    assert load(path, "preference")["train"][0]["margin"] == 1.5  # TRL's RewardTrainer adds it to its loss
+    bad = write_jsonl(tmp_path / "bad" / "pref.jsonl", [{"prompt": "2+2?", "chosen": "4", "rejected": "5", "margin": "big"}])
+    with pytest.raises(DataError, match="every `margin` must be a number"):
+        load(bad, "preference")
 
 
 def test_preference_pairs_with_an_implicit_prompt_are_conversations_sharing_their_start(tmp_path):

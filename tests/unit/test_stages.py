@@ -22,7 +22,7 @@ def test_every_stage_has_a_recipe_configs_a_data_format_and_a_demo_config(name):
     assert (REPO / "recipes" / "demo" / f"{name}.yaml").is_file()
     script, training, model = stage_dataclasses(name)
     assert all(dataclasses.is_dataclass(c) for c in (script, training, model)) and STAGE_ARGS[name][1] is training
-    assert spec.data_format in DATA_FORMATS and spec.output in ("policy", "reward_model")
+    assert spec.data_format in DATA_FORMATS and spec.output in ("policy", "reward_model", "data")
     assert set(spec.inputs) <= set(stages.INPUT_KEYS) and spec.inputs[0] == "model"
     assert stages.known_keys(name) is not None and set(spec.required) <= stages.known_keys(name)
 
@@ -34,6 +34,8 @@ def test_an_unknown_stage_is_named_with_the_known_ones():
 
 @pytest.mark.parametrize("name", stages.names())
 def test_the_memory_estimate_covers_every_stage(name, tiny_base, tmp_path):
+    if stages.get(name).output == "data":
+        pytest.skip("a data stage (AI feedback) generates and trains nothing: there is no training step to size")
     _, training, model = stage_dataclasses(name)
     extra = {"reward_model_path": str(tiny_base)} if "reward_model_path" in stages.get(name).required else {}
     training_args = training(output_dir=str(tmp_path), bf16=False, use_cpu=True, **extra)

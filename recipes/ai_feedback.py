@@ -1,0 +1,112 @@
+"""Constitutional AI's feedback stage: a model labels which of two sampled answers better follows a principle.
+
+    alignkit ai_feedback --config recipes/demo/cai/ai_feedback.yaml
+
+The policy (`model_name_or_path`) samples two answers per prompt; the feedback model (`feedback_model_path`, by default
+the policy) is asked a sampled principle's comparison question with the answers as (A) and (B), in both orders, and
+its next-token probabilities of "A" vs "B" give p(first answer better) = (p_AB + (1 - p_BA)) / 2. Nothing is trained:
+the output is `<output_dir>/preference/train.jsonl` (prompt, chosen, rejected, `label` = p(chosen better), `margin` =
+its log-odds, which TRL's RewardTrainer adds to its loss, `principle`), which the reward and DPO stages read as it is.
+DPO has no per-example weight in TRL 1.16, so it uses the pairs and ignores the label. With `judge` and
+`judge_prompts`, pairs sampled for those prompts (not in the output) measure how often the labels agree with the judge:
+`gold_agreement` on the pairs the output would keep (label >= min_confidence), `gold_agreement_all` on all of them.
+"""
+
+import dataclasses
+import json
+import random
+from pathlib import Path
+
+from transformers import set_seed
+from trl import ModelConfig
+
+from alignkit import __version__, cai, data, models, outputs
+from alignkit.cli import run_recipe
+from alignkit.config import ScriptArguments, save_config
+from alignkit.constitution import load_constitution
+from alignkit.errors import DataError
+from alignkit.evaluation import generate, judges, load_prompts, prompt_conversation
+from alignkit.training import lineage
+
+DATA_DIR = "preference"
+
+
+def main(script_args: ScriptArguments, args: cai.AIFeedbackConfig, model_args: ModelConfig) -> dict:
+    # Check the prompts, the constitution, the judge and the output folder before loading any weights.
+    prompts = data.load_data(dataclasses.replace(script_args, eval_split_size=0), "prompts")["train"]
+    constitution = load_constitution(args.constitution)
+    judge = judges.load_judge(args.judge) if args.judge else None
+    judge_rows = load_prompts(args.judge_prompts) if args.judge_prompts else []
+    outputs.prepare_output_dir(args.output_dir, script_args.overwrite_output_dir)
+    if script_args.overwrite_output_dir:
+        outputs.set_aside(args.output_dir)  # kept whole in <output_dir>.previous until this run has finished
+    try:
+        record = _label(script_args, args, model_args, prompts, constitution, judge, judge_rows)
+    except BaseException as error:
+        outputs.restore_previous(args.output_dir, error)
+        raise
+    finally:
+        outputs.release_output_dir(args.output_dir)
+    outputs.drop_previous(args.output_dir)
+    return record
+
+
+def _label(script_args, args, model_args, prompts, constitution, judge, judge_rows) -> dict:
+    tokenizer = models.load_tokenizer(model_args, args.trust_remote_code, args.chat_template_path)
+    policy = models.load_model(model_args, args.trust_remote_code, tokenizer=tokenizer).eval()
+    if args.feedback_model_path:
+        feedback_args = dataclasses.replace(model_args, model_name_or_path=args.feedback_model_path, use_peft=False)
+        feedback_tokenizer = models.load_tokenizer(feedback_args, args.trust_remote_code)
+        feedback = models.load_model(feedback_args, args.trust_remote_code, tokenizer=feedback_tokenizer).eval()
+    else:
+        feedback, feedback_tokenizer = policy, tokenizer
+    cai.choice_token_ids(feedback_tokenizer)  # "A" and "B" must be told apart before any answer is sampled
+
+    set_seed(args.seed)  # the sampled answers
+    rng = random.Random(args.seed)  # the principles
+
+    def label(conversations):
+        """Two sampled answers per prompt and p(first better) for each pair, with its principle."""
+        sample = lambda: generate(policy, tokenizer, conversations, args.max_new_tokens, args.generation_batch_size,
+                                  do_sample=True, temperature=args.temperature)
+        pairs = list(zip(sample(), sample()))
+        choose = lambda c: cai.first_choice_probabilities(feedback, feedback_tokenizer, c, args.generation_batch_size)
+        return pairs, cai.feedback_labels(choose, conversations, pairs, constitution, rng)
+
+    conversations = [prompt_conversation(p) for p in prompts["prompt"]]
+    pairs, labels = label(conversations)
+    rows = [cai.preference_row(c, a, b, p, principle) for c, (a, b), (p, principle) in zip(conversations, pairs, labels)]
+    kept = [r for r in rows if r["chosen"] != r["rejected"] and r["label"] >= args.min_confidence]
+
+    if not kept:
+        raise DataError(f"the feedback model could not tell the two answers apart (label >= min_confidence "
+                        f"{args.min_confidence}) for any of the {len(rows)} prompts; lower min_confidence, raise temperature "
+                        "or check the feedback model's answers to the constitution's comparison questions.")
+    report = {"pairs": len(rows), "kept": len(kept), "mean_label": sum(r["label"] for r in kept) / max(1, len(kept))}
+    if judge is not None:  # the judge's preference on pairs for prompts it can rate, never part of the output
+        held_pairs, held_labels = label([prompt_conversation(r) for r in judge_rows])
+        gold = [[sum(map(float, judge(row, answer).values())) for answer in pair] for row, pair in zip(judge_rows, held_pairs)]
+        labels = [p for p, _ in held_labels]
+        # On the pairs the output would keep (label >= min_confidence), and on every pair the judge tells apart.
+        sure = [i for i, p in enumerate(labels) if max(p, 1 - p) >= args.min_confidence]
+        report["gold_agreement"], report["gold_pairs"] = cai.agreement([labels[i] for i in sure], [gold[i] for i in sure])
+        report["gold_agreement_all"], report["gold_pairs_all"] = cai.agreement(labels, gold)
+
+    out = Path(args.output_dir)
+    (out / DATA_DIR).mkdir(parents=True, exist_ok=True)
+    with (out / DATA_DIR / "train.jsonl").open("w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in kept)
+    save_config(out, script_args, args, model_args)
+    record = {
+        "stage": "ai_feedback", "alignkit_version": __version__, "model_name_or_path": model_args.model_name_or_path,
+        "dataset_name": script_args.dataset_name,
+        "lineage": lineage(model_args.model_name_or_path, script_args.dataset_name),
+        "feedback_model": args.feedback_model_path or model_args.model_name_or_path, "constitution": constitution.path,
+        "data": str(out / DATA_DIR), "metrics": report, "report": report,
+    }
+    outputs.finish_run(out, record)
+    return record
+
+
+if __name__ == "__main__":
+    run_recipe("ai_feedback", main=main)

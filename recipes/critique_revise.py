@@ -1,0 +1,78 @@
+"""Constitutional AI's supervised stage: the policy critiques and revises its own answers, then learns the revisions.
+
+    alignkit critique_revise --config recipes/demo/cai/critique_revise.yaml
+    accelerate launch recipes/critique_revise.py --config recipes/qwen2.5-0.5b/cai/critique_revise.yaml
+
+For each prompt the model answers; for `num_revisions` rounds a sampled principle of the `constitution` asks it to
+critique that answer and then to revise it, as further chat turns. The final revisions are the SFT targets
+(prompt -> revision, trained as the SFT recipe trains prompt/completion data). Every answer, critique and revision is
+kept in `<output_dir>/critique_revise.jsonl` for inspection.
+"""
+
+import json
+import random
+from pathlib import Path
+
+from datasets import Dataset, DatasetDict
+from transformers import set_seed
+from trl import ModelConfig
+
+from alignkit import cai, data, models, outputs
+from alignkit.cli import run_recipe
+from alignkit.config import ScriptArguments
+from alignkit.constitution import load_constitution
+from alignkit.errors import DataError
+from alignkit.evaluation.generation import generate, prompt_conversation
+from alignkit.recipes import sft
+
+RECORDS_FILE = "critique_revise.jsonl"
+
+
+def main(script_args: ScriptArguments, training_args: cai.CritiqueReviseConfig, model_args: ModelConfig):
+    # Check the prompts, the constitution and the output folder before loading any weights.
+    prompts = data.load_data(script_args, "prompts", seed=training_args.seed)
+    constitution = load_constitution(training_args.constitution)
+    outputs.prepare_output_dir(
+        training_args.output_dir, script_args.overwrite_output_dir, training_args.resume_from_checkpoint
+    )
+
+    tokenizer = models.load_tokenizer(model_args, training_args.trust_remote_code, training_args.chat_template_path)
+    model = models.load_model(
+        model_args, training_args.trust_remote_code, gradient_checkpointing=training_args.gradient_checkpointing,
+        tokenizer=tokenizer,
+    )
+    models.check_vocab(model, tokenizer, model_args.model_name_or_path)
+
+    # Answer, critique and revise every prompt, batched through `generate`, with the model as it is now.
+    model.eval()
+    answer = lambda conversations: generate(
+        model, tokenizer, conversations, training_args.max_new_tokens, training_args.generation_batch_size,
+        do_sample=training_args.do_sample, temperature=training_args.temperature,
+    )
+    set_seed(training_args.seed)  # sampled answers, when do_sample
+    rng = random.Random(training_args.seed)  # the principles
+    records = {split: cai.critique_and_revise(answer, [prompt_conversation(p) for p in rows["prompt"]], constitution,
+                                              training_args.num_revisions, rng)
+               for split, rows in prompts.items()}
+
+    # SFT on prompt -> final revision; an empty revision teaches nothing and is left out.
+    pairs = {split: [{"prompt": r["prompt"], "completion": [{"role": "assistant", "content": r["revision"]}]}
+                     for r in rows if r["revision"]] for split, rows in records.items()}
+    if not pairs["train"]:
+        raise DataError(f"every revision of the {len(records['train'])} prompts was empty; raise max_new_tokens or "
+                        "check that the model answers with its chat template.")
+    dataset = DatasetDict({split: Dataset.from_list(rows) for split, rows in pairs.items() if rows})
+
+    def keep_records(trainer) -> dict:  # written with the weights, so an overwritten run's records go with it
+        with Path(training_args.output_dir, RECORDS_FILE).open("w", encoding="utf-8") as f:
+            for split, rows in records.items():
+                f.writelines(json.dumps({"split": split, **r}, ensure_ascii=False) + "\n" for r in rows)
+        return {"critique_revise": {"records": RECORDS_FILE, "prompts": sum(map(len, records.values())),
+                                    "trained_on": sum(map(len, pairs.values())), "constitution": constitution.path}}
+
+    return sft.train(model, tokenizer, dataset, script_args, training_args, model_args, stage="critique_revise",
+                     extra=keep_records)
+
+
+if __name__ == "__main__":
+    run_recipe("critique_revise", main=main)
