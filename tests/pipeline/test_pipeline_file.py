@@ -10,6 +10,7 @@ import pytest
 import yaml
 from conftest import REPO
 
+from alignkit import stages
 from alignkit.errors import ConfigError
 from alignkit.outputs import complete_checkpoints
 from alignkit.pipeline import load_pipeline
@@ -181,8 +182,9 @@ def test_the_command_line_reports_a_bad_pipeline_in_one_line_without_loading_the
     proc = subprocess.run([sys.executable, "-m", "alignkit", "run", str(path)], capture_output=True, text=True,
                           cwd=tmp_path, timeout=60)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    policies = ", ".join(name for name in stages.names() if stages.get(name).is_policy)  # every policy stage, in order
     assert proc.stderr.strip().splitlines() == [
         f"alignkit: error: {path}: stage 'dpo': model 'reward' is a reward model, not a policy. `model` must be a "
-        "policy stage (pretrain, sft, dpo, ppo, critique_revise, grpo, rloo) or `base`; a reward stage goes in `reward_model`."
+        f"policy stage ({policies}) or `base`; a reward stage goes in `reward_model`."
     ]
     assert time.time() - start < 5

@@ -206,7 +206,11 @@ def test_a_yaml_that_is_a_list_not_a_mapping_is_rejected(tmp_path):
 # ------------------------------------------------------------------------------------------ device defaults
 @pytest.mark.skipif(has_accelerator(), reason="checks the defaults chosen on a machine without an accelerator")
 def test_without_an_accelerator_bf16_defaults_off_and_use_cpu_on(tmp_path):
+    from alignkit import stages
+
     for stage in STAGE_ARGS:
+        if stages.get(stage).output == "data":  # writes a data set, trains nothing: no precision to choose
+            continue
         _, training, _ = _parse(stage, tmp_path, "seed: 3\n")
         assert training.bf16 is False, stage
         assert training.use_cpu is True, stage
