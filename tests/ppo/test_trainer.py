@@ -326,17 +326,21 @@ def test_when_pad_is_eos_the_eos_stays_in_the_loss_and_the_reward_model_reads_it
     reward_model = AutoModelForSequenceClassification.from_pretrained(rm_full_dir, num_labels=1)
     reward_model.config.pad_token_id = None  # one unpadded sequence: score its very last token
     scorer = RewardScorer(rm_full_dir)
+    read_at_eos = 0
     for i, n in enumerate(r.lengths.tolist()):
         if r.stopped[i]:
             assert r.responses[i, n - 1] == tokenizer.eos_token_id
         assert r.response_mask[i, :n].all() and not r.response_mask[i, n:].any()  # the EOS is in the loss
-        if r.stopped[i]:  # read at the EOS, on the very tokens sampled
-            sequence = torch.tensor([trainer.prompts[i] + r.responses[i, :n].tolist()])
+        # The reward model reads the answer's text in its training format; one cut off at max_new_tokens as if finished.
+        answer = tokenizer.decode(r.responses[i, :n], skip_special_tokens=True)
+        assert r.raw_scores[i].item() == pytest.approx(scorer.score([prompts[i]["prompt"]], [answer])[0], abs=1e-5)
+        sequence = trainer.prompts[i] + r.responses[i, :n].tolist()
+        if r.stopped[i] and scorer.token_ids([prompts[i]["prompt"]], [answer])[0] == sequence:
+            # Where the text gives back the sampled tokens, that is the reward model's score at the EOS.
+            sequence = torch.tensor([sequence])
             torch.testing.assert_close(r.raw_scores[i], reward_model(input_ids=sequence).logits[0, 0], atol=1e-5, rtol=1e-5)
-        else:  # cut off at max_new_tokens: its text scored as if finished, as the reward model was trained
-            answer = tokenizer.decode(r.responses[i, :n], skip_special_tokens=True)
-            expected = scorer.score([prompts[i]["prompt"]], [answer])[0]
-            assert r.raw_scores[i].item() == pytest.approx(expected, abs=1e-5)
+            read_at_eos += 1
+    assert read_at_eos
 
 
 @pytest.mark.parametrize("mode", ["lora", "full"])
