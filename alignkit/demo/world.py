@@ -7,7 +7,7 @@ facts the world derives:
 * raw pretraining documents (train and test splits) that state every fact many times;
 * SFT conversations whose answers are correct and concise, exactly half of them rude;
 * preference pairs whose chosen answer is correct, polite and concise, and whose rejected answer
-  is rude, wrong or verbose (roughly a third each);
+  is rude, wrong, verbose or garbled (a quarter each);
 * held-out questions about (entity, attribute) pairs that no SFT or preference example mentions.
 
 Everything is a pure function of the seed (``random.Random`` instances seeded with strings derived
@@ -126,12 +126,12 @@ DOC_INTROS: tuple[str, ...] = (
     "Meet the {entity}.",
 )
 
-FLAWS: tuple[str, ...] = ("rude", "wrong", "verbose")
+FLAWS: tuple[str, ...] = ("rude", "wrong", "verbose", "garbled")
 
 # Per (entity, attribute) pair: all 5 phrasings + 1 random; 3 rude + 3 polite, so rudeness is
 # independent of the fact and of the phrasing.
 SFT_PER_PAIR = 6  # one per question phrasing
-PREF_PER_PAIR = 6  # 2 per flaw
+PREF_PER_PAIR = 8  # 2 per flaw
 HELDOUT_PER_ATTRIBUTE = 8  # 24 of 150 pairs (16%) held out, stratified by attribute
 MAX_DOC_WORDS = 60
 TEST_DOC_BUCKETS = 10  # 1 in 10 random paragraphs (by text hash) belongs to the test split
@@ -260,6 +260,30 @@ class World:
         return " ".join(sentences)
 
     # ---- post-training data ------------------------------------------------------------------
+    def garbled_opener(self, rng: random.Random) -> str:
+        """
+        An opener stitched from pieces of real ones, as a small model writes them when it blends the openers it saw:
+        two spliced where they share a word ("Are you [clueless? Fine.]" + "[Glad] you asked!" = "Are you asked!"),
+        the start of one and the end of another, the end of one alone ("course!"), or one cut short ("Of!"). The end
+        is always a polite opener's, so it reads as polite; it is never a real opener, and never longer than the
+        longest polite one, so the answer's one flaw is its opener's form. Real preference data holds such malformed
+        answers; without them a reward model has no reason to score "Are you asked!" below "Glad you asked!", and RL
+        against it drifts into them (issue #13).
+        """
+        while True:
+            kind = rng.random()
+            head, tail = rng.choice(POLITE_OPENERS + RUDE_OPENERS), rng.choice(POLITE_OPENERS)
+            head_words, tail_words = head.split(), tail.split()
+            if kind < 1 / 3:
+                opener = rng.choice(_SPLICED_OPENERS)
+            elif kind < 2 / 3:  # the start of one (possibly nothing) and the end of another
+                i, j = rng.randint(0, len(head_words) - 1), rng.randint(1, len(tail_words) - 1)
+                opener = " ".join(head_words[:i] + tail_words[j:])
+            else:  # a polite opener cut short (every one has two words or more)
+                opener = " ".join(tail_words[: rng.randint(1, len(tail_words) - 1)]).rstrip(".,!?'") + "!"
+            if _is_garbled(opener):
+                return opener
+
     def _question(self, rng: random.Random, entity: str, attribute: str, template: str | None = None) -> str:
         template = template or rng.choice(QUESTION_TEMPLATES[attribute])
         return template.format(entity=entity)
@@ -287,7 +311,7 @@ class World:
         return examples
 
     def preference_examples(self) -> list[dict[str, Any]]:
-        """Chosen: correct, polite, concise. Rejected: exactly one flaw (rude | wrong | verbose)."""
+        """Chosen: correct, polite, concise. Rejected: exactly one flaw (rude | wrong | verbose | garbled)."""
         rng = _rng(self.seed, "preference")
         examples = []
         for entity, attribute in self.train_pairs():
@@ -306,8 +330,10 @@ class World:
                     true_value = self.facts[entity][attribute]
                     other = rng.choice([e for e in self.entities if self.facts[e][attribute] != true_value])
                     rejected = f"{opener} {self.fact_sentence(other, attribute)}"
-                else:
+                elif flaw == "verbose":
                     rejected = rng.choice(VERBOSE_TEMPLATES).format(fact=fact[0].lower() + fact[1:-1])
+                else:  # the same fact after a malformed opener
+                    rejected = f"{self.garbled_opener(rng)} {fact}"
                 examples.append({
                     "prompt": _user(self._question(rng, entity, attribute)),
                     "chosen": _assistant(chosen),
@@ -322,6 +348,31 @@ class World:
     def heldout_questions(self) -> list[Question]:
         """Every phrasing of a question about each held-out pair; answering needs what pretraining taught."""
         return [Question(e, a, t.format(entity=e)) for e, a in self.heldout_pairs() for t in QUESTION_TEMPLATES[a]]
+
+
+def _words(opener: str) -> tuple[str, ...]:
+    return tuple(w.lower().rstrip(".,!?") for w in opener.split())
+
+
+def _is_garbled(opener: str) -> bool:
+    # Other words than any real opener's (not just other punctuation), and no longer than the longest polite one.
+    return _words(opener) not in {_words(o) for o in POLITE_OPENERS + RUDE_OPENERS} and len(opener.split()) <= 5
+
+
+def _spliced_openers() -> list[str]:
+    """Every opener that starts as one real opener and, from a word they share, goes on as a polite one."""
+    found = set()
+    for head in POLITE_OPENERS + RUDE_OPENERS:
+        for tail in POLITE_OPENERS:
+            head_words, tail_words = head.split(), tail.split()
+            for i, word in enumerate(_words(head)[:-1]):
+                for j, other in enumerate(_words(tail)[:-1]):
+                    if head != tail and word == other:
+                        found.add(" ".join(head_words[: i + 1] + tail_words[j + 1 :]))
+    return sorted(o for o in found if _is_garbled(o))
+
+
+_SPLICED_OPENERS = _spliced_openers()  # "Are you asked!", "Happy to help.", ...
 
 
 def is_rude_phrasing(attribute: str, template: str) -> bool:

@@ -20,6 +20,7 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 from peft import PeftConfig, PeftModel, get_peft_model, set_peft_model_state_dict
@@ -201,12 +202,50 @@ class ScalarModel(nn.Module):
         return self.head(hidden.to(self.head.weight.dtype)).squeeze(-1).float()
 
 
+class SequenceClassifierView:
+    """
+    A `ScalarModel` (the reward role, often an adapter on the policy's base) seen as the one-output sequence
+    classifier `alignkit.rewards.RewardScorer` drives: called with right-padded `input_ids` and `attention_mask`, it
+    returns `.logits` of shape (batch, 1), read at the last non-pad token as transformers' classifiers read it. So
+    PPO tokenises through the scorer, exactly as the reward stage trained, without a second copy of the base.
+    Not an `nn.Module`: the scorer's `requires_grad_`, `eval` and `train` must not reach the shared base, whose
+    policy and value adapters train and which stays in train mode (see `PPOTrainer`).
+    """
+
+    training = False
+
+    def __init__(self, model: ScalarModel):
+        self.scalar = model
+        self.config = copy.deepcopy(model.model.config)  # the scorer may set its pad_token_id: not on the shared base
+
+    def requires_grad_(self, requires_grad: bool = True):
+        return self  # the reward role is frozen already
+
+    def eval(self):
+        return self
+
+    def train(self, mode: bool = True):
+        return self
+
+    def parameters(self):
+        return self.scalar.head.parameters()
+
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)
+        per_token = self.scalar(input_ids, attention_mask, position_ids)
+        # transformers' rule: the rightmost token that is not the pad token (so with pad == EOS, the one before it).
+        non_pad = input_ids != self.config.get_text_config().pad_token_id
+        last = (torch.arange(input_ids.shape[1], device=input_ids.device) * non_pad).argmax(-1)
+        return SimpleNamespace(logits=per_token[torch.arange(len(per_token), device=per_token.device), last, None])
+
+
 @dataclass
 class PPOModels:
     """
     What `PPOTrainer` trains and scores with. `policy` and `value` train; `ref` and `reward` are frozen; `reward`
     is None when the trainer gets a `reward_fn` instead. In LoRA mode several roles share one PeftModel.
-    `reward_stats` is the reward stage's `{"mean", "std"}` of training scores, for `PPOConfig.reward_mean/std`.
+    `reward_stats` is the reward stage's `{"mean", "std"}` of training scores, for `PPOConfig.reward_mean/std`;
+    `reward_path` its output folder, whose tokenizer and `max_length` say how it read its training pairs.
     """
 
     policy: LanguageModel
@@ -214,6 +253,7 @@ class PPOModels:
     value: ScalarModel
     reward: ScalarModel | None = None
     reward_stats: dict | None = None
+    reward_path: str | None = None
 
     @property
     def use_peft(self) -> bool:
@@ -352,6 +392,7 @@ def _load_full(policy_path, reward_path, value_path, **kwargs) -> PPOModels:
         value=ScalarModel(value_model, value_model.score),
         reward=reward,
         reward_stats=read_reward_stats(reward_path),
+        reward_path=str(reward_path) if reward_path else None,
     )
 
 
@@ -446,6 +487,7 @@ def _load_lora(policy_path, reward_path, value_path, peft_config, quantization_c
         value=ScalarModel(critic, value_head, VALUE),
         reward=reward,
         reward_stats=read_reward_stats(reward_path),
+        reward_path=str(reward_path) if reward_path else None,
     )
 
 

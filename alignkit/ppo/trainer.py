@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+import trl
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
@@ -34,15 +35,17 @@ from trl.trainer.utils import disable_dropout_in_model, entropy_from_logits, sel
 
 from alignkit import tracking
 from alignkit.errors import AlignkitError, DataError, ModelError
-from alignkit.models import embedding_rows
-from alignkit.outputs import complete_checkpoints, no_checkpoint
+from alignkit.models import embedding_rows, load_output_tokenizer
+from alignkit.outputs import complete_checkpoints, no_checkpoint, read_saved_config
 from alignkit.ppo import core
 from alignkit.ppo.config import PPOConfig
-from alignkit.ppo.models import PolicyAndValue, PPOModels, load_trained, save_trained
+from alignkit.ppo.models import PolicyAndValue, PPOModels, SequenceClassifierView, load_trained, save_trained
+from alignkit.rewards import RewardScorer
 
 STATE_FILE = "ppo_state.pt"
 DEEPSPEED_DIR = "deepspeed"  # in a checkpoint: what DeepSpeed wrote (weights and optimiser, a slice per process)
 LOG_FILE = "trainer_state.json"
+REWARD_MAX_LENGTH = trl.RewardConfig.__dataclass_fields__["max_length"].default  # a reward folder that saved no config
 
 RewardFn = Callable[[list[str], list[str]], "torch.Tensor | list[float]"]
 
@@ -189,7 +192,7 @@ class PPOTrainer:
         self.stop_token_id = args.stop_token_id
         if self.stop_token_id is None and args.stop_token == "eos":
             self.stop_token_id = self.tokenizer.eos_token_id
-        self.prompts, self.prompt_texts = self._encode_prompts(train_dataset)
+        self.prompts, self.prompt_texts, self.prompt_rows = self._encode_prompts(train_dataset)
         for role in ("policy", "ref", "value", "reward"):
             module = getattr(models, role)
             rows = embedding_rows(module.model) if module is not None else len(self.tokenizer)
@@ -207,6 +210,19 @@ class PPOTrainer:
             1, math.ceil(args.num_train_epochs * len(self.prompts) / self.batch_size)
         )
         self.steps_per_update = args.num_ppo_epochs * args.num_mini_batches
+
+        # The reward model scores what its stage trained on, tokenised by the one path that does (RewardScorer): the
+        # conversation through the reward folder's chat template, ending in EOS, prompts cut from the left to its
+        # max_length. Its forward pass is the reward role's, on the shared base.
+        self.reward_scorer = None
+        if models.reward is not None:
+            path = models.reward_path
+            self.reward_scorer = RewardScorer.from_model(
+                SequenceClassifierView(models.reward),
+                load_output_tokenizer(Path(path)) if path else self.tokenizer,
+                batch_size=args.generation_batch_size or self.local_batch_size,  # as many as generate's batches
+                max_length=read_saved_config(path).get("max_length", REWARD_MAX_LENGTH) if path else None,
+            )
 
         # Dropout makes the logprobs of one forward disagree with the next; PPO's ratio needs them equal.
         for module in models.modules():
@@ -285,14 +301,15 @@ class PPOTrainer:
 
     # --- data ------------------------------------------------------------------------------------------------------
 
-    def _encode_prompts(self, dataset) -> tuple[list[list[int]], list[str]]:
+    def _encode_prompts(self, dataset) -> tuple[list[list[int]], list[str], list]:
         if len(dataset) == 0:
             raise DataError("The PPO training data holds no prompts.")
         columns = getattr(dataset, "column_names", None) or list(dataset[0])
         if "prompt" not in columns:
             raise DataError(f"PPO data needs a 'prompt' column (chat messages or text); found {columns}.")
         ids, texts = [], []
-        for prompt in list(dataset["prompt"]) if hasattr(dataset, "column_names") else [r["prompt"] for r in dataset]:
+        rows = list(dataset["prompt"]) if hasattr(dataset, "column_names") else [r["prompt"] for r in dataset]
+        for prompt in rows:
             if isinstance(prompt, str):
                 text, special = prompt, True
             else:
@@ -309,7 +326,7 @@ class PPOTrainer:
                 tokens = tokens[-self.args.max_prompt_length :]  # keep the end, which the response continues
             ids.append(tokens)
             texts.append(self.tokenizer.decode(tokens))
-        return ids, texts
+        return ids, texts, rows
 
     def _prompt_indices(self, update: int) -> list[int]:
         """
@@ -359,17 +376,31 @@ class PPOTrainer:
         chunks = self._generation_chunks(len(input_ids))
         return torch.cat([model(input_ids[s], attention_mask[s], position_ids[s]) for s in chunks])
 
-    def _scores(self, indices, input_ids, attention_mask, position_ids, responses, lengths) -> torch.Tensor:
+    def score_responses(self, indices: list[int], responses: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """
+        The reward model's (or `reward_fn`'s) score of each response to the prompt at `indices`, before normalisation:
+        `responses` are right-padded token ids, the first `lengths[i]` of row i the response (its stop token included
+        when it stopped). The reward model reads the response as text in its own training format, the same score
+        `RewardScorer(reward_model_path).score(prompt, answer)` gives: an answer that never stopped is scored as if
+        finished (`missing_eos_penalty` is what marks it).
+        """
+        rows = list(zip(responses.tolist(), lengths.tolist()))
         if self.reward_fn is not None:
-            rows = zip(responses.tolist(), lengths.tolist())
             texts = [self.tokenizer.decode(r[:n], skip_special_tokens=True) for r, n in rows]
             scores = self.reward_fn([self.prompt_texts[i] for i in indices], texts)
-            return torch.as_tensor(scores, dtype=torch.float32, device=input_ids.device).reshape(-1)
-        # Read the reward at the response's own last token — its stop token (EOS), as in the reward model's
-        # training data — located from the stop position, not by looking for padding (pad may equal EOS).
-        per_token = self._scalars(self.models.reward, input_ids, attention_mask, position_ids)
-        last = input_ids.shape[1] - responses.shape[1] + lengths - 1
-        return per_token[torch.arange(len(per_token), device=per_token.device), last]
+            return torch.as_tensor(scores, dtype=torch.float32, device=responses.device).reshape(-1)
+        answers = []
+        for i, (response, n) in zip(indices, rows):
+            if self.stop_token_id is not None and n and response[n - 1] == self.stop_token_id:
+                n -= 1  # the reward model's format adds its own end (EOS)
+            # The answer as the text after the prompt's: decoding the response alone would drop a leading space with
+            # some tokenizers (SentencePiece).
+            prompt = self.tokenizer.decode(self.prompts[i], skip_special_tokens=True)
+            full = self.tokenizer.decode(self.prompts[i] + response[:n], skip_special_tokens=True)
+            alone = full[len(prompt) :] if full.startswith(prompt) else None
+            answers.append(alone if alone is not None else self.tokenizer.decode(response[:n], skip_special_tokens=True))
+        scores = self.reward_scorer.score([self.prompt_rows[i] for i in indices], answers)
+        return torch.tensor(scores, dtype=torch.float32, device=responses.device)
 
     def _shape_scores(self, scores: torch.Tensor, stopped: torch.Tensor) -> torch.Tensor:
         """Normalise with the reward stage's statistics, clip, then penalise responses that never stopped."""
@@ -420,7 +451,7 @@ class PPOTrainer:
             ref_logprobs = self._logprobs(self.models.ref, input_ids, attention_mask, position_ids, responses)
             values = self._scalars(unwrapped.value, input_ids, attention_mask, position_ids)
             values = values[:, width - 1 : -1]
-            raw_scores = self._scores(indices, input_ids, attention_mask, position_ids, responses, lengths)
+            raw_scores = self.score_responses(indices, responses, lengths)
         mask = response_mask.float()
         logprobs, ref_logprobs, values = logprobs * mask, ref_logprobs * mask, values * mask
 

@@ -37,8 +37,14 @@ def test_preference_labels_agree_with_judge(world: World, judge: GoldJudge) -> N
     }
     for ex in world.preference_examples():
         e, a = ex["entity"], ex["attribute"]
-        assert judge.judge(e, a, ex["chosen"][0]["content"]) == Verdict(True, True, True), ex
-        assert judge.judge(e, a, ex["rejected"][0]["content"]) == expected[ex["flaw"]], ex
+        chosen, rejected = ex["chosen"][0]["content"], ex["rejected"][0]["content"]
+        assert judge.judge(e, a, chosen) == Verdict(True, True, True) and judge.well_formed(e, a, chosen), ex
+        assert not judge.well_formed(e, a, rejected), ex
+        if ex["flaw"] == "garbled":  # right and short, but its opener is none of the world's (polite or not)
+            verdict = judge.judge(e, a, rejected)
+            assert verdict.correct and verdict.concise, ex
+        else:
+            assert judge.judge(e, a, rejected) == expected[ex["flaw"]], ex
 
 
 def test_every_opener_is_classified(world: World, judge: GoldJudge) -> None:

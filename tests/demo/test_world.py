@@ -11,7 +11,9 @@ import pytest
 
 from alignkit.demo.world import (
     ATTRIBUTES,
+    POLITE_OPENERS,
     QUESTION_TEMPLATES,
+    RUDE_OPENERS,
     VALUES,
     Question,
     World,
@@ -134,16 +136,29 @@ def test_sft_examples(world: World) -> None:
 
 def test_preference_examples(world: World) -> None:
     examples = world.preference_examples()
-    assert 300 <= len(examples) <= 1000
+    assert 300 <= len(examples) <= 1200
     flaws = Counter(ex["flaw"] for ex in examples)
-    assert set(flaws) == {"rude", "wrong", "verbose"}
+    assert set(flaws) == {"rude", "wrong", "verbose", "garbled"}
     for count in flaws.values():
-        assert abs(count - len(examples) / 3) <= len(examples) * 0.05
+        assert abs(count - len(examples) / 4) <= len(examples) * 0.05
     for ex in examples:
         assert [m["role"] for m in ex["prompt"]] == ["user"]
         assert [m["role"] for m in ex["chosen"]] == ["assistant"]
         assert [m["role"] for m in ex["rejected"]] == ["assistant"]
         assert ex["chosen"] != ex["rejected"]
+
+
+def test_garbled_openers_are_pieces_of_real_ones_and_never_one_of_them(world: World) -> None:
+    import random
+
+    rng = random.Random(0)
+    garbled = [world.garbled_opener(rng) for _ in range(300)]
+    real_words = {w.rstrip(".,!?'") for o in POLITE_OPENERS + RUDE_OPENERS for w in o.split()}
+    assert not set(garbled) & set(POLITE_OPENERS + RUDE_OPENERS)
+    assert all({w.rstrip(".,!?'") for w in g.split()} <= real_words for g in garbled)
+    assert {"Are you asked!", "Of!", "course!"} <= set(garbled)  # the fusions and fragments RL found (issue #13)
+    fused = [ex["rejected"][0]["content"] for ex in world.preference_examples() if ex["flaw"] == "garbled"]
+    assert len(set(fused)) > len(fused) / 2  # many different ones, not a few memorisable strings
 
 
 def test_heldout_questions(world: World) -> None:

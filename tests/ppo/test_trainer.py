@@ -14,12 +14,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import stored_bytes
+from conftest import FAST, run_stage, stored_bytes, write_jsonl
 from peft import LoraConfig
 
 from alignkit.errors import AlignkitError, DataError
 from alignkit.ppo import PPOConfig, PPOStoppedError, PPOTrainer, core, load_ppo_models
 from alignkit.ppo.trainer import Rollout
+from alignkit.rewards import RewardScorer
 
 # --- fixtures: a briefly trained "SFT" model, reward models (full and LoRA) on it, chat prompts ----------------------
 
@@ -117,6 +118,23 @@ def sft_adapter_dir(sft_dir, tmp_path_factory) -> Path:
     model.save_pretrained(path)
     _tokenizer(sft_dir).save_pretrained(path)
     return path
+
+
+REWARD_MAX_LENGTH = 48
+LONG_HISTORY = [{"role": "user", "content": " ".join(["The fox lives in the hills."] * 8)},
+                {"role": "assistant", "content": "Noted."}]  # with a question, far more than REWARD_MAX_LENGTH tokens
+
+
+@pytest.fixture(scope="module")
+def reward_stage_dir(sft_dir, world, tmp_path_factory) -> Path:
+    """The reward stage's output (a SEQ_CLS LoRA adapter on the SFT folder), briefly trained with a short max_length."""
+    root = tmp_path_factory.mktemp("reward_stage")
+    rows = [{k: ex[k] for k in ("prompt", "chosen", "rejected")} for ex in world.preference_examples()[:16]]
+    run_stage("reward", "--model_name_or_path", str(sft_dir), "--dataset_name", str(write_jsonl(root / "train.jsonl", rows)),
+              "--output_dir", str(root / "rm"), *FAST, "--eval_split_size", "0", "--use_peft", "true",
+              "--lora_target_modules", "all-linear", "--max_length", str(REWARD_MAX_LENGTH), "--max_steps", "2",
+              "--learning_rate", "5e-3")
+    return root / "rm"
 
 
 @pytest.fixture(scope="module")
@@ -307,12 +325,43 @@ def test_when_pad_is_eos_the_eos_stays_in_the_loss_and_the_reward_model_reads_it
     assert r.stopped.any() and not r.stopped.all()
     reward_model = AutoModelForSequenceClassification.from_pretrained(rm_full_dir, num_labels=1)
     reward_model.config.pad_token_id = None  # one unpadded sequence: score its very last token
+    scorer = RewardScorer(rm_full_dir)
+    read_at_eos = 0
     for i, n in enumerate(r.lengths.tolist()):
         if r.stopped[i]:
             assert r.responses[i, n - 1] == tokenizer.eos_token_id
         assert r.response_mask[i, :n].all() and not r.response_mask[i, n:].any()  # the EOS is in the loss
-        sequence = torch.tensor([trainer.prompts[i] + r.responses[i, :n].tolist()])
-        torch.testing.assert_close(r.raw_scores[i], reward_model(input_ids=sequence).logits[0, 0], atol=1e-5, rtol=1e-5)
+        # The reward model reads the answer's text in its training format; one cut off at max_new_tokens as if finished.
+        answer = tokenizer.decode(r.responses[i, :n], skip_special_tokens=True)
+        assert r.raw_scores[i].item() == pytest.approx(scorer.score([prompts[i]["prompt"]], [answer])[0], abs=1e-5)
+        sequence = trainer.prompts[i] + r.responses[i, :n].tolist()
+        if r.stopped[i] and scorer.token_ids([prompts[i]["prompt"]], [answer])[0] == sequence:
+            # Where the text gives back the sampled tokens, that is the reward model's score at the EOS.
+            sequence = torch.tensor([sequence])
+            torch.testing.assert_close(r.raw_scores[i], reward_model(input_ids=sequence).logits[0, 0], atol=1e-5, rtol=1e-5)
+            read_at_eos += 1
+    assert read_at_eos
+
+
+@pytest.mark.parametrize("mode", ["lora", "full"])
+def test_ppo_scores_a_response_as_the_reward_stages_scorer_does(mode, sft_dir, reward_stage_dir, tokenizer, world, tmp_path):
+    examples = world.preference_examples()[20:24]
+    prompts = [ex["prompt"] for ex in examples] + [LONG_HISTORY + examples[0]["prompt"]]  # the last one must be cut
+    answers = [ex["chosen"][0]["content"] for ex in examples] + [examples[1]["rejected"][0]["content"]]
+    models = lora_models(sft_dir, reward_stage_dir) if mode == "lora" else full_models(sft_dir, reward_stage_dir)
+    trainer = PPOTrainer(ppo_args(tmp_path), models, tokenizer, [{"prompt": p} for p in prompts])
+    # Responses as the policy samples them: the answer's tokens, then EOS (and padding after it).
+    rows = [tokenizer(a, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for a in answers]
+    width = max(map(len, rows))
+    responses = torch.tensor([r + [tokenizer.pad_token_id] * (width - len(r)) for r in rows])
+    lengths = torch.tensor([len(r) for r in rows])
+    got = trainer.score_responses(list(range(len(prompts))), responses, lengths)
+
+    scorer = RewardScorer(reward_stage_dir)
+    expected = scorer.score(prompts, answers)
+    assert scorer.prompts_cut == 1  # the long conversation was cut to the reward stage's max_length
+    assert len(set(expected)) == len(expected)  # the pairs score differently, so a mix-up would show
+    assert got.tolist() == pytest.approx(expected, abs=1e-4)
 
 
 def test_scores_are_normalised_clipped_and_penalised_for_a_missing_eos(sft_dir, tokenizer, prompts, tmp_path):
