@@ -77,6 +77,7 @@ class Rollout:
     rewards: torch.Tensor  # (B, T) -kl_coef * kl + score at the last token
     advantages: torch.Tensor  # (B, T) whitened GAE advantages
     returns: torch.Tensor  # (B, T) value targets
+    audit_scores: torch.Tensor | None = None  # (B,) the audit reward model's raw scores, when one is configured
 
 
 class PolicySampler(LogitsProcessor):
@@ -376,16 +377,17 @@ class PPOTrainer:
         chunks = self._generation_chunks(len(input_ids))
         return torch.cat([model(input_ids[s], attention_mask[s], position_ids[s]) for s in chunks])
 
-    def score_responses(self, indices: list[int], responses: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def score_responses(self, indices: list[int], responses: torch.Tensor, lengths: torch.Tensor,
+                        scorer: RewardScorer | None = None) -> torch.Tensor:
         """
-        The reward model's (or `reward_fn`'s) score of each response to the prompt at `indices`, before normalisation:
-        `responses` are right-padded token ids, the first `lengths[i]` of row i the response (its stop token included
-        when it stopped). The reward model reads the response as text in its own training format, the same score
-        `RewardScorer(reward_model_path).score(prompt, answer)` gives: an answer that never stopped is scored as if
-        finished (`missing_eos_penalty` is what marks it).
+        The reward model's (or `reward_fn`'s, or `scorer`'s: the audit reward model) score of each response to the
+        prompt at `indices`, before normalisation: `responses` are right-padded token ids, the first `lengths[i]` of
+        row i the response (its stop token included when it stopped). The reward model reads the response as text in
+        its own training format, the same score `RewardScorer(reward_model_path).score(prompt, answer)` gives: an
+        answer that never stopped is scored as if finished (`missing_eos_penalty` is what marks it).
         """
         rows = list(zip(responses.tolist(), lengths.tolist()))
-        if self.reward_fn is not None:
+        if scorer is None and self.reward_fn is not None:
             texts = [self.tokenizer.decode(r[:n], skip_special_tokens=True) for r, n in rows]
             scores = self.reward_fn([self.prompt_texts[i] for i in indices], texts)
             return torch.as_tensor(scores, dtype=torch.float32, device=responses.device).reshape(-1)
@@ -399,7 +401,7 @@ class PPOTrainer:
             full = self.tokenizer.decode(self.prompts[i] + response[:n], skip_special_tokens=True)
             alone = full[len(prompt) :] if full.startswith(prompt) else None
             answers.append(alone if alone is not None else self.tokenizer.decode(response[:n], skip_special_tokens=True))
-        scores = self.reward_scorer.score([self.prompt_rows[i] for i in indices], answers)
+        scores = (scorer or self.reward_scorer).score([self.prompt_rows[i] for i in indices], answers)
         return torch.tensor(scores, dtype=torch.float32, device=responses.device)
 
     def _shape_scores(self, scores: torch.Tensor, stopped: torch.Tensor) -> torch.Tensor:
@@ -452,6 +454,8 @@ class PPOTrainer:
             values = self._scalars(unwrapped.value, input_ids, attention_mask, position_ids)
             values = values[:, width - 1 : -1]
             raw_scores = self.score_responses(indices, responses, lengths)
+            # The audit reward model reads the same answers, each in its own stage's training format.
+            audit_scores = self.score_responses(indices, responses, lengths, self.audit_scorer) if self.audit_scorer else None
         mask = response_mask.float()
         logprobs, ref_logprobs, values = logprobs * mask, ref_logprobs * mask, values * mask
 
@@ -465,7 +469,7 @@ class PPOTrainer:
         advantages = core.masked_whiten(advantages, mask, all_reduce=self._reduce)
         return Rollout(
             input_ids, attention_mask, position_ids, responses, response_mask, lengths, stopped,
-            logprobs, ref_logprobs, values, raw_scores, scores, kl, rewards, advantages, returns,
+            logprobs, ref_logprobs, values, raw_scores, scores, kl, rewards, advantages, returns, audit_scores,
         )  # fmt: skip
 
     def rollout_stats(self, r: Rollout) -> dict[str, float]:
@@ -652,17 +656,15 @@ class PPOTrainer:
 
     def _audit(self, r: Rollout, update: int, stats: dict) -> dict[str, float]:
         """
-        `audit_score`: the audit reward model's mean raw score of this update's responses, read from the same token
-        ids the optimised reward model read; with `stop_on_overoptimisation`, stop when `score` has risen while it
+        `audit_score`: the audit reward model's mean raw score of this update's responses, the same answers the
+        optimised reward model read; with `stop_on_overoptimisation`, stop when `score` has risen while it
         fell (`alignkit.rewards.overoptimisation`, checked from update 8 on so its windows smooth out sampling noise).
         """
         if self.audit_scorer is None:
             return {}
         from alignkit.rewards import describe_overoptimisation, overoptimisation
 
-        ids = [row[mask.bool()].tolist() for row, mask in zip(r.input_ids, r.attention_mask)]
-        scores = torch.tensor(self.audit_scorer.score_ids(ids), device=r.input_ids.device)
-        audit = self.accelerator.gather(scores).mean().item()
+        audit = self.accelerator.gather(r.audit_scores).mean().item()
         if self.args.stop_on_overoptimisation and update >= 8:
             history = [*self.log_history, {**stats, "audit_score": audit}]
             audit_std = (self.audit_scorer.stats or {}).get("std") or 1.0

@@ -381,6 +381,8 @@ def test_the_rollout_keeps_no_vocabulary_sized_tensor(sft_dir, tokenizer, prompt
     r = trainer.make_rollout(list(range(8)))
     vocab = trainer.models.policy.model.config.vocab_size
     for name, value in vars(r).items():
+        if value is None:  # no audit reward model here
+            continue
         assert value.dim() <= 2 and value.shape[-1] != vocab, name
     assert isinstance(r, Rollout)
 
