@@ -9,6 +9,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import json
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,6 +20,27 @@ import torch
 torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parent.parent
+HEAVY_MODULES = ("torch", "trl", "peft", "accelerate")  # seconds to import; `datasets` reads data for the quick checks
+
+# `python -m alignkit ...`, writing at exit which of the heavy ML modules it had imported to the file in argv[1].
+_PROBE = f"""import atexit, runpy, sys
+record = sys.argv.pop(1)
+atexit.register(lambda: open(record, "w").write(" ".join(m for m in {HEAVY_MODULES!r} if m in sys.modules)))
+sys.argv[0] = "alignkit"
+runpy.run_module("alignkit", run_name="__main__", alter_sys=True)
+"""
+
+
+def run_alignkit(*args, cwd=REPO, env=None, timeout=120) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """The `alignkit` command in a fresh process, and the heavy ML modules it had imported when it exited: a user
+    error caught by the quick checks must not wait for the stack's import."""
+    record = Path(tempfile.mkstemp(prefix="alignkit_imports_")[1])
+    try:
+        proc = subprocess.run([sys.executable, "-c", _PROBE, str(record), *map(str, args)], capture_output=True, text=True,
+                              cwd=cwd, env=env, timeout=timeout)
+        return proc, record.read_text().split()
+    finally:
+        record.unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -68,12 +67,6 @@ def test_fact_sentence(world: World) -> None:
     assert world.fact_sentence(entity, "food", "honey") == f"The {entity} eats honey."
 
 
-def test_generation_is_fast() -> None:
-    start = time.perf_counter()
-    w = make_world(7)
-    w.pretrain_documents(3000, "train"), w.pretrain_documents(200, "test")
-    w.sft_examples(), w.preference_examples(), w.heldout_questions()
-    assert time.perf_counter() - start < 1.0
 
 
 def test_heldout_pairs_are_unseen_in_post_training_data(world: World) -> None:

@@ -3,20 +3,15 @@
 import os
 import subprocess
 import sys
-import time
 
 import pytest
-from conftest import REPO, write_jsonl
+from conftest import REPO, run_alignkit, write_jsonl
 
 GOOD_ROW = {"messages": [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."}]}
 
 
 def run_cli(*args, timeout=120):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    start = time.time()
-    proc = subprocess.run([sys.executable, "-m", "alignkit", *args], capture_output=True, text=True, env=env,
-                          timeout=timeout, cwd=REPO)
-    return proc, time.time() - start
+    return run_alignkit(*args, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=timeout)
 
 
 @pytest.mark.parametrize(
@@ -37,10 +32,10 @@ def test_bad_input_fails_with_a_short_message_and_writes_nothing(case, expected,
     config = tmp_path / "sft.yaml"
     config.write_text(f"model_name_or_path: {tiny_base}\ndataset_name: {data}\noutput_dir: {out}\n"
                       + ("learning_rat: 1e-4\n" if case == "typo" else ""))
-    proc, seconds = run_cli("sft", "--config", str(config))
+    proc, imported = run_cli("sft", "--config", str(config))
     assert proc.returncode == 2
     assert expected in proc.stderr
-    assert seconds < 5, "user errors are caught before the ML stack's import"
+    assert imported == [], "user errors are caught before the ML stack's import"
     assert "Traceback" not in proc.stderr
     error = proc.stderr[proc.stderr.index("alignkit: error:") :]
     assert len(error.strip().splitlines()) <= 2

@@ -5,7 +5,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx2
@@ -212,28 +211,25 @@ def test_a_folder_without_a_finished_run_is_refused(tmp_path, tiny_base, online,
     assert not online.repos
 
 
-def run_cli(*args, env, timeout=120):
-    start = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "alignkit", *args], env=env, cwd=REPO, capture_output=True,
+def run_cli(*args, env, timeout=60):
+    """The command in a fresh process; a push that hangs (retrying an unreachable Hub) fails on the timeout."""
+    return subprocess.run([sys.executable, "-m", "alignkit", *args], env=env, cwd=REPO, capture_output=True,
                           text=True, timeout=timeout)
-    return done, time.monotonic() - start
 
 
-def test_offline_the_push_command_fails_in_seconds_with_one_line(sft_lora):
+def test_offline_the_push_command_fails_at_once_with_one_line(sft_lora):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_TOKEN": FAKE_TOKEN}
-    done, seconds = run_cli("push", str(sft_lora), "me/x", env=env)
+    done = run_cli("push", str(sft_lora), "me/x", env=env)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip().count("\n") == 0 and "HF_HUB_OFFLINE=1" in done.stderr
-    assert seconds < 30
 
 
 def test_without_a_token_the_push_command_says_how_to_log_in(sft_lora, tmp_path):
     env = {k: v for k, v in os.environ.items() if "TOKEN" not in k and not k.startswith("HF_OIDC")}
     env.update(HF_HUB_OFFLINE="0", HF_HOME=str(tmp_path))  # no stored login either
-    done, seconds = run_cli("push", str(sft_lora), "me/x", env=env)
+    done = run_cli("push", str(sft_lora), "me/x", env=env)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "No Hub token was found" in done.stderr and "hf auth login" in done.stderr and "HF_TOKEN" in done.stderr
-    assert seconds < 30
 
 
 def test_push_to_hub_offline_fails_before_anything_is_trained(tiny_base, sft_messages_file, tmp_path):
