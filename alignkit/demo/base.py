@@ -57,6 +57,8 @@ def world_texts(world: World, n_docs: int = 3000) -> Iterator[str]:
         for message in ex["messages"]:
             yield message["content"]
     for ex in world.preference_examples():
+        if ex["flaw"] == "garbled":  # the openers' own words, recombined: nothing new to tokenize
+            continue
         for key in ("prompt", "chosen", "rejected"):
             yield ex[key][0]["content"]
     for question in world.heldout_questions():

@@ -311,39 +311,47 @@ class World:
         return examples
 
     def preference_examples(self) -> list[dict[str, Any]]:
-        """Chosen: correct, polite, concise. Rejected: exactly one flaw (rude | wrong | verbose | garbled)."""
-        rng = _rng(self.seed, "preference")
+        """
+        Chosen: correct, polite, concise. Rejected: exactly one flaw (rude | wrong | verbose | garbled), two pairs of
+        each per (entity, attribute). The garbled pairs come from a random stream of their own, so the other pairs
+        are those the demo had before garbled ones were added (and the tokenizer trained on them, see
+        `alignkit.demo.base.world_texts`, is unchanged).
+        """
+        rng, garbled_rng = _rng(self.seed, "preference"), _rng(self.seed, "preference-garbled")
         examples = []
         for entity, attribute in self.train_pairs():
-            flaws = [FLAWS[i % len(FLAWS)] for i in range(PREF_PER_PAIR)]
+            flaws = [FLAWS[i % 3] for i in range(PREF_PER_PAIR - 2)]  # rude, wrong, verbose
             rng.shuffle(flaws)
-            for flaw in flaws:
-                opener = rng.choice(POLITE_OPENERS)
-                fact = self.fact_sentence(entity, attribute)
-                chosen = f"{opener} {fact}"
-                if flaw == "rude":  # same fact, rude opener
-                    rejected = f"{rng.choice(RUDE_OPENERS)} {fact}"
-                elif flaw == "wrong":
-                    # Same opener, but about another entity with another value: a wrong answer that a reward
-                    # model can spot from the question and answer alone (a tiny model cannot learn to recall
-                    # every fact through a score head from a few hundred pairs).
-                    true_value = self.facts[entity][attribute]
-                    other = rng.choice([e for e in self.entities if self.facts[e][attribute] != true_value])
-                    rejected = f"{opener} {self.fact_sentence(other, attribute)}"
-                elif flaw == "verbose":
-                    rejected = rng.choice(VERBOSE_TEMPLATES).format(fact=fact[0].lower() + fact[1:-1])
-                else:  # the same fact after a malformed opener
-                    rejected = f"{self.garbled_opener(rng)} {fact}"
-                examples.append({
-                    "prompt": _user(self._question(rng, entity, attribute)),
-                    "chosen": _assistant(chosen),
-                    "rejected": _assistant(rejected),
-                    "flaw": flaw,
-                    "entity": entity,
-                    "attribute": attribute,
-                })
+            examples += [self._preference_pair(rng, entity, attribute, flaw) for flaw in flaws]
+            examples += [self._preference_pair(garbled_rng, entity, attribute, "garbled") for _ in range(2)]
         rng.shuffle(examples)
         return examples
+
+    def _preference_pair(self, rng: random.Random, entity: str, attribute: str, flaw: str) -> dict[str, Any]:
+        opener = rng.choice(POLITE_OPENERS)
+        fact = self.fact_sentence(entity, attribute)
+        chosen = f"{opener} {fact}"
+        if flaw == "rude":  # same fact, rude opener
+            rejected = f"{rng.choice(RUDE_OPENERS)} {fact}"
+        elif flaw == "wrong":
+            # Same opener, but about another entity with another value: a wrong answer that a reward
+            # model can spot from the question and answer alone (a tiny model cannot learn to recall
+            # every fact through a score head from a few hundred pairs).
+            true_value = self.facts[entity][attribute]
+            other = rng.choice([e for e in self.entities if self.facts[e][attribute] != true_value])
+            rejected = f"{opener} {self.fact_sentence(other, attribute)}"
+        elif flaw == "verbose":
+            rejected = rng.choice(VERBOSE_TEMPLATES).format(fact=fact[0].lower() + fact[1:-1])
+        else:  # the same fact after a malformed opener
+            rejected = f"{self.garbled_opener(rng)} {fact}"
+        return {
+            "prompt": _user(self._question(rng, entity, attribute)),
+            "chosen": _assistant(chosen),
+            "rejected": _assistant(rejected),
+            "flaw": flaw,
+            "entity": entity,
+            "attribute": attribute,
+        }
 
     def heldout_questions(self) -> list[Question]:
         """Every phrasing of a question about each held-out pair; answering needs what pretraining taught."""
