@@ -133,27 +133,31 @@ def _score_std(pipeline: Pipeline, reward_stage: str | None) -> float:
 
 def overoptimisation_of(pipeline: Pipeline, stage: Stage, row: Mapping) -> tuple[bool, dict | None]:
     """
-    `alignkit.rewards.overoptimisation` for a policy's row: over its per-update log when it has one (online RL:
-    the optimised reward model's score against the audit one's), else from the stage it started from to it on the
-    held-out prompts (`previous_rm_score` -> `rm_score` against the audit scores). Raw scores are compared in
-    units of each reward model's score std; GRPO/RLOO log normalised ones (`normalize_reward`, the default).
-    Returns (whether there was anything to check, the rule's finding or None).
+    `alignkit.rewards.overoptimisation` for a policy's row, on the two kinds of evidence there may be: its per-update
+    log (online RL: the optimised reward model's score against the audit one's, on its training prompts) and the
+    held-out prompts, from the stage it started from to it (`previous_rm_score` -> `rm_score` against the audit
+    scores). Either finding flags the stage: a policy can drift on one set of prompts and not the other. Raw scores
+    are compared in units of each reward model's score std; GRPO/RLOO log normalised ones (`normalize_reward`, the
+    default). Returns (whether there was anything to check, the first finding or None).
     """
     audit = audit_reward_model_for(pipeline, stage)
     if audit is None:
         return False, None
     scales = (_score_std(pipeline, reward_model_for(pipeline, stage)), _score_std(pipeline, audit))
+    checked, findings = False, []
     if row.get("audit_reward"):
+        logged_scales = scales
         if stage.recipe in ("grpo", "rloo") and (read_saved_config(pipeline.stage_dir(stage.name)) or {}).get(
                 "normalize_reward", True):
-            scales = (1.0, 1.0)
-        found = overoptimisation(row.get("reward") or [], row["audit_reward"], scales=scales)
-        return True, {**found, "over": "updates"} if found else None
+            logged_scales = (1.0, 1.0)
+        checked = True
+        findings.append((overoptimisation(row.get("reward") or [], row["audit_reward"], scales=logged_scales), "updates"))
     pairs = [row.get(k) for k in ("previous_rm_score", "rm_score", "previous_audit_rm_score", "audit_rm_score")]
-    if any(v is None for v in pairs):
-        return False, None
-    found = overoptimisation(pairs[:2], pairs[2:], scales=scales)
-    return True, {**found, "over": "held-out prompts"} if found else None
+    if all(v is not None for v in pairs):
+        checked = True
+        findings.append((overoptimisation(pairs[:2], pairs[2:], scales=scales), "held-out prompts"))
+    found = next(({**f, "over": over} for f, over in findings if f), None)
+    return checked, found
 
 
 def stage_row(pipeline: Pipeline, stage: Stage, action: str, seconds: float | None, evaluator: Evaluator,

@@ -22,7 +22,9 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
+import math
 import os
+import statistics
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -391,9 +393,11 @@ def overoptimisation(optimised: Sequence[float], audit: Sequence[float], toleran
     `optimised` and `audit` are their mean scores in order (per update, or [before, after] a stage). Each is
     smoothed over windows of `k = max(1, n // 4)` points; the rule fires when the optimised score's last window
     exceeds its first by more than `tolerance` while the audit score's last window is more than `tolerance` below
-    its best window. `tolerance` is in units of `scales` (each reward model's score std on its held-out pairs, for
-    raw scores; 1 for normalised ones). Returns the four numbers (`optimised_start`, `optimised_end`, `audit_best`,
-    `audit_end`) when it fires, else None.
+    its best window, plus twice a window's sampling noise (the best of many noisy windows sits above the trend:
+    on the demo's GRPO, an audit score that rose from -0.8 to about 0 and then wandered by 0.2 an update fired
+    without it). `tolerance` is in units of `scales` (each reward model's score std on its held-out pairs, for raw
+    scores; 1 for normalised ones); the noise is estimated from the update-to-update differences. Returns the four
+    numbers (`optimised_start`, `optimised_end`, `audit_best`, `audit_end`) when it fires, else None.
     """
     n = min(len(optimised), len(audit))
     if n < 2:
@@ -405,7 +409,10 @@ def overoptimisation(optimised: Sequence[float], audit: Sequence[float], toleran
         return [sum(values[i : i + k]) / k for i in range(n - k + 1)]
 
     opt, aud = windows(optimised), windows(audit)
-    if opt[-1] - opt[0] > tolerance * scales[0] and max(aud) - aud[-1] > tolerance * scales[1]:
+    steps = [b - a for a, b in zip(list(audit)[: n - 1], list(audit)[1:n])]
+    # Differences of independent noise have twice its variance; a trend adds little to them.
+    noise = statistics.pstdev(steps) / math.sqrt(2) if len(steps) > 1 else 0.0
+    if opt[-1] - opt[0] > tolerance * scales[0] and max(aud) - aud[-1] > tolerance * scales[1] + 2 * noise / math.sqrt(k):
         return {"optimised_start": opt[0], "optimised_end": opt[-1], "audit_best": max(aud), "audit_end": aud[-1]}
     return None
 
