@@ -175,7 +175,7 @@ def stage_row(pipeline: Pipeline, stage: Stage, action: str, seconds: float | No
     )
     status = {"status": STATUS[action], "train_seconds": seconds if seconds is not None else (cached or {}).get("train_seconds")}
     if cached is not None and cached.get("evaluation_key") == key and "judged" in cached:
-        return {**cached, **status}
+        return _flag_overoptimisation(pipeline, stage, {**cached, **status})  # the rule may be newer than the row
 
     record = read_run(out) or {}
     row: dict[str, Any] = {
@@ -211,12 +211,19 @@ def stage_row(pipeline: Pipeline, stage: Stage, action: str, seconds: float | No
     for logged in spec.series:  # per update (online RL): the reward model's score rises while KL stays bounded
         if logged not in CURVE_LABELS or any(logged in h for h in history):  # no empty audit series without one
             row[SERIES_NAMES.get(logged, logged)] = [h[logged] for h in history if logged in h]
-    checked, found = overoptimisation_of(pipeline, stage, row) if audit else (False, None)
-    if checked:  # absent when there was nothing to compare (no audit reward model, no prompts, no log)
+    row["evaluation_key"] = key
+    return _flag_overoptimisation(pipeline, stage, row)
+
+
+def _flag_overoptimisation(pipeline: Pipeline, stage: Stage, row: dict) -> dict:
+    """`overoptimised` (and the finding, `overoptimisation`) in a policy's row; absent when there was nothing to
+    compare (no audit reward model, no prompts, no log)."""
+    row.pop("overoptimised", None), row.pop("overoptimisation", None)
+    checked, found = overoptimisation_of(pipeline, stage, row) if stage.spec.is_policy else (False, None)
+    if checked:
         row["overoptimised"] = found is not None
         if found:
             row["overoptimisation"] = found
-    row["evaluation_key"] = key
     return row
 
 
