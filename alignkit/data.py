@@ -854,8 +854,9 @@ def tokenize_reward_pairs(dataset: Dataset, tokenizer, args, name: str = "train"
     cut = truncate_prompts(dataset.select(too_long), tokenizer, args.max_length)
     refitted = trl_internals.prepare_reward(cut, tokenizer, untruncated, f"{name} (cut)")
     replaced = dict(zip(too_long, refitted))
-    columns = refitted.column_names  # `prompt` made explicit where the pair's prompt was implicit
-    return tokenized.map(lambda row, i: {k: replaced[i][k] for k in columns} if i in replaced else row, with_indices=True)
+    # The ids are what the trainer reads; a cut pair's text columns keep the text it was cut from.
+    ids = ("chosen_ids", "rejected_ids")
+    return tokenized.map(lambda row, i: {k: replaced[i][k] for k in ids} if i in replaced else {}, with_indices=True)
 
 
 def truncate_prompts(dataset: Dataset, tokenizer, max_length: int) -> Dataset:

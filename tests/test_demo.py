@@ -15,6 +15,9 @@ def demo(tmp_path_factory):
     return run.main(["--output_dir", str(out)]), out
 
 
+ALIGNED = ("dpo", "ppo", "grpo", "rloo", "best_of_n")  # every stage that aligns the SFT model
+
+
 def record(out, stage):
     return json.loads((out / stage / "alignkit_run.json").read_text())
 
@@ -40,7 +43,8 @@ def test_demo_sft_answers_held_out_questions_and_copies_the_datas_manners(demo):
 
 def test_demo_reward_model_ranks_held_out_pairs(demo):
     report, out = demo
-    assert report["stages"]["reward"]["eval_accuracy"] >= 0.95
+    # Held-out pairs of every flaw; the garbled openers ("Are you asked!" for "Glad you asked!") are the hard ones.
+    assert report["stages"]["reward"]["eval_accuracy"] >= 0.85
     assert report["stages"]["reward"]["eval_accuracy"] == record(out, "reward")["reward_stats"]["accuracy"]
 
 
@@ -70,16 +74,33 @@ def test_demo_reports_the_audit_reward_models_score_for_every_policy(demo):
     report, out = demo
     stages = report["stages"]
     # Two reward models on disjoint halves of the pairs, both good.
-    assert stages["reward"]["eval_accuracy"] >= 0.95 and stages["reward_audit"]["eval_accuracy"] >= 0.95
-    for name in ("sft", "dpo", "ppo"):
+    assert stages["reward"]["eval_accuracy"] >= 0.85 and stages["reward_audit"]["eval_accuracy"] >= 0.85
+    for name in ("sft", *ALIGNED):
         assert isinstance(stages[name]["rm_score"], float) and isinstance(stages[name]["audit_rm_score"], float)
-    # The reward model PPO optimises is sound, so the audit one agrees with it: both rise over SFT's, nothing flagged.
-    for name in ("dpo", "ppo"):
+    # The reward model the online stages optimise is sound, so the audit one agrees: both rise over SFT's, nothing flagged.
+    for name in ALIGNED:
         assert stages[name]["audit_rm_score"] > stages["sft"]["audit_rm_score"]
         assert stages[name]["overoptimised"] is False
     history = json.loads((out / "ppo" / "trainer_state.json").read_text())["log_history"]
     assert stages["ppo"]["audit_reward"] == [h["audit_score"] for h in history] and len(history) == 30
     assert "audit RM" in report_module.format_table(report).splitlines()[0]
+
+
+def test_every_aligned_policy_answers_in_the_worlds_own_form_without_losing_facts(demo):
+    """Politeness can be had with garbage ("Are you asked!"); well-formed is an opener of the world, then the fact."""
+    report, _ = demo
+    sft = report["stages"]["sft"]
+    for name in ALIGNED:
+        row = report["stages"][name]
+        assert row["gold_well_formed"] >= 0.9, (name, row["gold_well_formed"])
+        assert row["gold_correctness"] >= sft["gold_correctness"] - 0.05, (name, row["gold_correctness"])
+        assert 0 < row["kl_to_sft"] < 1.0 and row["train_seconds"] > 0, name
+
+
+def test_demo_overlays_the_online_methods_in_one_figure(demo):
+    report, out = demo
+    assert report["online_figure"] == "figures/online.png" and (out / "figures" / "online.png").is_file()
+    assert "![reward and KL per update](figures/online.png)" in (out / "report.md").read_text()
 
 
 def test_demo_writes_the_markdown_report_with_figures_and_example_answers(demo):

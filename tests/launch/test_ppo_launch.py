@@ -133,7 +133,7 @@ if __name__ == "__main__":  # launched by the fixture: <dump_dir> <alignkit ppo 
 
     def recording(self, indices):
         rollout = make_rollout(self, indices)
-        local = {name: value.detach().cpu() for name, value in vars(rollout).items()}
+        local = {name: value.detach().cpu() for name, value in vars(rollout).items() if value is not None}
         rollouts.append({"indices": list(indices), "kl_coef": self.kl_ctl.value, **local})
         return rollout
 

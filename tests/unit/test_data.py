@@ -744,9 +744,9 @@ def test_reward_pairs_are_tokenised_once_exactly_as_trls_reward_trainer_and_only
         {"prompt": "What color is the fox?", "chosen": " Red.", "rejected": " Blue, you fool."},
         {"prompt": long_prompt, "chosen": " Red.", "rejected": " Blue."},
     ])
-    implicit = Dataset.from_list([  # hh-rlhf's shape: the prompt is the answers' shared start
-        {"chosen": "Q: Which color is the owl? A: Grey.", "rejected": "Q: Which color is the owl? A: Pink!"},
+    implicit = Dataset.from_list([  # hh-rlhf's shape: the prompt is the answers' shared start; the long pair first
         {"chosen": long_prompt + " A: Red.", "rejected": long_prompt + " A: Blue."},
+        {"chosen": "Q: Which color is the owl? A: Grey.", "rejected": "Q: Which color is the owl? A: Pink!"},
     ])
     turns = lambda role, content: [{"role": role, "content": content}]  # noqa: E731
     chat = Dataset.from_list([
@@ -754,7 +754,7 @@ def test_reward_pairs_are_tokenised_once_exactly_as_trls_reward_trainer_and_only
         {"prompt": turns("user", long_prompt) + turns("assistant", "Ask.") + turns("user", "And the owl?"),  # whole turns are cut
          "chosen": turns("assistant", "Grey."), "rejected": turns("assistant", "Blue.")},
     ])
-    for rows, too_long in ((text, 1), (implicit, 1), (chat, 1)):
+    for rows, too_long in ((text, 1), (implicit, 0), (chat, 1)):
         ours = tokenize_reward_pairs(rows, tokenizer, args)
         trls = trl_internals.prepare_reward(rows, tokenizer, args)  # TRL's own, which drops the too-long pair
         kept = [i for i in range(len(rows)) if i != too_long]
