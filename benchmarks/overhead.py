@@ -36,10 +36,11 @@ order, so step k is the same work in every run; per side, the fastest run of eac
 What each side does before step 1: TRL's script parses the YAML, loads the data set and hands the model's path to
 the trainer, which loads model and tokenizer, adds LoRA and tokenises. alignkit also checks keys and data before
 importing the stack (and loads the data again in the recipe), loads model and tokenizer itself, checks the
-vocabulary and LoRA targets, cuts over-long reward prompts from the left (tokenising every pair once to find them)
-and prints a memory estimate. After training — outside both measurements, inside `total_s` — TRL's script saves
-the adapter; alignkit also writes all_results.json, the trainer state, its resolved config, the run record and the
-model card, and for a reward model scores the eval split (here the training pairs) for `reward_stats`.
+vocabulary and LoRA targets, tokenises reward pairs itself with TRL's own preparation (the trainer takes the ids as
+they are) and cuts only the over-long ones from the left, and prints a memory estimate. After training — outside
+both measurements, inside `total_s` — TRL's script saves the adapter; alignkit also writes all_results.json, the
+trainer state, its resolved config, the run record and the model card, and for a reward model scores up to 2,000
+pairs of the eval split (here the training pairs) for `reward_stats`.
 Nothing is asserted here.
 """
 
