@@ -228,7 +228,8 @@ def load_function(spec: str) -> Callable:
 
 @dataclass
 class OnlineRewardArguments:
-    """What alignkit adds to TRL's GRPO and RLOO configs: where rewards come from."""
+    """What alignkit adds to TRL's GRPO and RLOO configs (it comes first in their bases): where rewards come from,
+    dropout off by default, and the checks of both."""
 
     reward_model_path: str | None = field(
         default=None,
@@ -258,6 +259,17 @@ class OnlineRewardArguments:
         metadata={"help": "A second reward stage's output, never optimised against: its score of the same completions is "
                           "logged as `rewards/audit_reward_model/mean` (weight 0) to show over-optimisation."},
     )
+    disable_dropout: bool = field(
+        default=True,
+        metadata={"help": "Turn every dropout off (alignkit's default), so the policy's log-probabilities and the KL to "
+                          "the reference are those of the model that samples."},
+    )
+
+    def __post_init__(self):
+        given = self._both_batch_sizes()
+        super().__post_init__()
+        self._check_batch_sizes(given)
+        self._check_rewards()
 
     def _both_batch_sizes(self) -> int | None:
         """
@@ -301,35 +313,12 @@ class GRPOConfig(OnlineRewardArguments, trl.GRPOConfig):
         default=0.04,
         metadata={"help": "KL coefficient (alignkit's default 0.04; TRL's 0.0 loads no reference model and logs no KL)."},
     )
-    disable_dropout: bool = field(
-        default=True,
-        metadata={"help": "Turn every dropout off (alignkit's default), so the policy's log-probabilities and the KL to "
-                          "the reference are those of the model that samples."},
-    )
-
-    def __post_init__(self):
-        given = self._both_batch_sizes()
-        super().__post_init__()
-        self._check_batch_sizes(given)
-        self._check_rewards()
 
 
 @dataclass
 class RLOOConfig(OnlineRewardArguments, trl.RLOOConfig):
     """TRL's `RLOOConfig` plus `reward_model_path`, `reward_funcs`, `normalize_reward`, `missing_eos_penalty` and
     `chat_template_path`; dropout is off by default, as for GRPO."""
-
-    disable_dropout: bool = field(
-        default=True,
-        metadata={"help": "Turn every dropout off (alignkit's default), so the policy's log-probabilities and the KL to "
-                          "the reference are those of the model that samples."},
-    )
-
-    def __post_init__(self):
-        given = self._both_batch_sizes()
-        super().__post_init__()
-        self._check_batch_sizes(given)
-        self._check_rewards()
 
 
 def reward_functions(args: OnlineRewardArguments) -> list[Callable]:
