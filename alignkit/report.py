@@ -343,6 +343,22 @@ def write_figures(pipeline: Pipeline, stages: Mapping[str, dict]) -> dict[str, s
     return figures
 
 
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display needed
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(plt, fig, target: Path) -> None:
+    fig.tight_layout()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(target, dpi=90)
+    plt.close(fig)
+
+
 def plot_curves(name: str, recipe: str, history: list[dict], target: Path) -> bool:
     """Draw the stage's training curves (one panel per quantity) into `target`; False when nothing was logged."""
     spec = STAGES[recipe]
@@ -350,10 +366,7 @@ def plot_curves(name: str, recipe: str, history: list[dict], target: Path) -> bo
     panels = [(title, keys) for title, keys in panels if keys]
     if not panels:
         return False
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: no display needed
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 2.8), squeeze=False)
     x_label = spec.curve_x
@@ -368,10 +381,7 @@ def plot_curves(name: str, recipe: str, history: list[dict], target: Path) -> bo
         if len(keys) > 1:
             ax.legend(fontsize=7)
     fig.suptitle(f"{name} ({recipe})", fontsize=11)
-    fig.tight_layout()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(target, dpi=90)
-    plt.close(fig)
+    _save(plt, fig, target)
     return True
 
 
@@ -385,10 +395,7 @@ def plot_online(stages: Mapping[str, dict], target: Path) -> bool:
     if len(online) < 2:
         target.unlink(missing_ok=True)  # no stale figure of an earlier run
         return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     fig, (reward_ax, kl_ax) = plt.subplots(1, 2, figsize=(8, 3))
     progress = lambda values: [(i + 1) / len(values) for i in range(len(values))]  # noqa: E731
@@ -404,10 +411,7 @@ def plot_online(stages: Mapping[str, dict], target: Path) -> bool:
         ax.set_xlabel("fraction of training", fontsize=9)
         ax.tick_params(labelsize=8)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(target, dpi=90)
-    plt.close(fig)
+    _save(plt, fig, target)
     return True
 
 
