@@ -3,15 +3,13 @@
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx2
 import pytest
 import torch
 import yaml
-from conftest import FAST, REPO, run_stage
+from conftest import FAST, run_alignkit, run_stage
 from huggingface_hub import HfApi, hf_api
 from huggingface_hub.errors import HfHubHTTPError
 
@@ -213,8 +211,7 @@ def test_a_folder_without_a_finished_run_is_refused(tmp_path, tiny_base, online,
 
 def run_cli(*args, env, timeout=60):
     """The command in a fresh process; a push that hangs (retrying an unreachable Hub) fails on the timeout."""
-    return subprocess.run([sys.executable, "-m", "alignkit", *args], env=env, cwd=REPO, capture_output=True,
-                          text=True, timeout=timeout)
+    return run_alignkit(*args, env=env, timeout=timeout)[0]
 
 
 def test_offline_the_push_command_fails_at_once_with_one_line(sft_lora):
