@@ -97,6 +97,9 @@ class AIFeedbackConfig:
             Sampling temperature of the two answers (they are always sampled: greedy answers would be the same).
         generation_batch_size (`int`, *optional*, defaults to `32`):
             Conversations generated or scored together.
+        principles_per_pair (`int`, *optional*, defaults to `1`):
+            Principles each pair is compared under, sampled without replacement; the label is their mean. Set it to
+            the number of principles to ask every one (an ensemble, as Bai et al. found steadier).
         min_confidence (`float`, *optional*, defaults to `0.5`):
             Keep only pairs whose label (the probability that `chosen` is better) is at least this.
         judge (`str`, *optional*):
@@ -113,6 +116,7 @@ class AIFeedbackConfig:
     max_new_tokens: int = field(default=64, metadata={"help": "Longest answer sampled."})
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of the two answers."})
     generation_batch_size: int = field(default=32, metadata={"help": "Conversations generated or scored together."})
+    principles_per_pair: int = field(default=1, metadata={"help": "Principles each pair is compared under."})
     min_confidence: float = field(default=0.5, metadata={"help": "Keep pairs whose label is at least this."})
     judge: str | None = field(default=None, metadata={"help": "Judge (module:function) to measure agreement with."})
     judge_prompts: str | None = field(default=None, metadata={"help": "Prompts (JSONL) the judge can rate."})
@@ -129,7 +133,10 @@ class AIFeedbackConfig:
             raise ConfigError(f"`min_confidence` must be in [0.5, 1), got {self.min_confidence}.")
         if bool(self.judge) != bool(self.judge_prompts):
             raise ConfigError("`judge` and `judge_prompts` go together: set both to measure agreement, or neither.")
-        _check_constitution(self.constitution)
+        constitution = load_constitution(self.constitution)  # a bad file fails here, before any model loads
+        if not 1 <= self.principles_per_pair <= len(constitution.principles):
+            raise ConfigError(f"`principles_per_pair` must be between 1 and the constitution's {len(constitution.principles)} "
+                              f"principles, got {self.principles_per_pair}.")
 
 
 # ----------------------------------------------------------------------------------------- critique and revise
@@ -204,18 +211,23 @@ def comparison_conversation(constitution: Constitution, principle: Principle, pr
 
 def feedback_labels(
     choose: Callable[[Sequence[Conversation]], list[float]], prompts: Sequence[Conversation],
-    pairs: Sequence[tuple[str, str]], constitution: Constitution, rng: random.Random,
+    pairs: Sequence[tuple[str, str]], constitution: Constitution, rng: random.Random, principles_per_pair: int = 1,
 ) -> list[tuple[float, str]]:
     """
-    (p, principle id) per pair: p, the probability that the pair's first answer is the better one, averaged over
-    both orders, p = (p_AB + (1 - p_BA)) / 2, so a feedback model that always answers "A" gives 0.5. `choose` gives
-    p("A") for a batch of comparison conversations.
+    (p, principle ids) per pair: p, the probability that the pair's first answer is the better one, averaged over
+    both orders, p = (p_AB + (1 - p_BA)) / 2, so a feedback model that always answers "A" gives 0.5. Each pair is
+    asked under `principles_per_pair` principles sampled without replacement and p is their mean (Bai et al. ensemble
+    principles for steadier labels); the ids are joined with "+". `choose` gives p("A") for a batch of comparison
+    conversations.
     """
-    principles = [constitution.sample(rng) for _ in prompts]
-    forward = [comparison_conversation(constitution, pr, p, x, y) for pr, p, (x, y) in zip(principles, prompts, pairs)]
-    swapped = [comparison_conversation(constitution, pr, p, y, x) for pr, p, (x, y) in zip(principles, prompts, pairs)]
-    p_ab, p_ba = choose(forward), choose(swapped)
-    return [((ab + (1 - ba)) / 2, pr.id) for ab, ba, pr in zip(p_ab, p_ba, principles)]
+    asked = [rng.sample(constitution.principles, principles_per_pair) for _ in prompts]
+    flat = [(principle, prompt, pair) for principles, prompt, pair in zip(asked, prompts, pairs) for principle in principles]
+    p_ab = choose([comparison_conversation(constitution, pr, p, x, y) for pr, p, (x, y) in flat])
+    p_ba = choose([comparison_conversation(constitution, pr, p, y, x) for pr, p, (x, y) in flat])
+    p_first = [(ab + (1 - ba)) / 2 for ab, ba in zip(p_ab, p_ba)]
+    k = principles_per_pair
+    return [(sum(p_first[i * k : (i + 1) * k]) / k, "+".join(pr.id for pr in principles))
+            for i, principles in enumerate(asked)]
 
 
 def preference_row(prompt: Conversation, first: str, second: str, p_first: float, principle: str) -> dict:
@@ -227,6 +239,35 @@ def preference_row(prompt: Conversation, first: str, second: str, p_first: float
     margin = math.log(min(label, 0.99) / (1 - min(label, 0.99)))
     return {"prompt": list(prompt), "chosen": [_assistant(chosen)], "rejected": [_assistant(rejected)],
             "label": round(label, 6), "margin": round(margin, 6), "principle": principle}
+
+
+def on_shares(work: Callable[[list], list], items: Sequence) -> list:
+    """
+    `work` on this process's contiguous share of `items` under `accelerate launch` (the whole of them in one process);
+    every process gets all the results, in the order of `items`, so generation is split rather than repeated.
+    """
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+
+    state = PartialState()
+    with state.split_between_processes(list(items)) as share:
+        results = work(list(share))
+    return gather_object(results) if state.num_processes > 1 else results  # rank order = item order
+
+
+def agreement_by_criterion(labels: Sequence[float], verdicts: Sequence[tuple[dict, dict]]) -> dict[str, dict]:
+    """
+    For each of the judge's criteria, how often the AI's preference matches the judge's over the pairs whose two
+    answers differ on that criterion (and on whatever else they differ): what the feedback model can and cannot tell.
+    """
+    by = {}
+    for key in verdicts[0][0] if verdicts else ():
+        pairs = [(labels[i], [sum(map(float, v.values())) for v in pair]) for i, pair in enumerate(verdicts)
+                 if pair[0][key] != pair[1][key]]
+        rate, n = agreement([p for p, _ in pairs], [g for _, g in pairs])
+        if n:
+            by[key] = {"agreement": rate, "pairs": n}
+    return by
 
 
 def agreement(labels: Sequence[float], gold: Sequence[tuple[float, float]]) -> tuple[float | None, int]:

@@ -17,6 +17,7 @@ import json
 import random
 from pathlib import Path
 
+from accelerate import PartialState
 from transformers import set_seed
 from trl import ModelConfig
 
@@ -62,16 +63,21 @@ def _label(script_args, args, model_args, prompts, constitution, judge, judge_ro
         feedback, feedback_tokenizer = policy, tokenizer
     cai.choice_token_ids(feedback_tokenizer)  # "A" and "B" must be told apart before any answer is sampled
 
-    set_seed(args.seed)  # the sampled answers
-    rng = random.Random(args.seed)  # the principles
+    # Each process samples and labels its share of the prompts, from a seed of its own (the same with one process).
+    process = PartialState().process_index
+    set_seed(args.seed + process)  # the sampled answers
+    rng = random.Random(args.seed + process)  # the principles
 
     def label(conversations):
-        """Two sampled answers per prompt and p(first better) for each pair, with its principle."""
-        sample = lambda: generate(policy, tokenizer, conversations, args.max_new_tokens, args.generation_batch_size,
-                                  do_sample=True, temperature=args.temperature)
-        pairs = list(zip(sample(), sample()))
-        choose = lambda c: cai.first_choice_probabilities(feedback, feedback_tokenizer, c, args.generation_batch_size)
-        return pairs, cai.feedback_labels(choose, conversations, pairs, constitution, rng)
+        """Two sampled answers per prompt and (p(first better), principles) for each pair."""
+        def label_share(share):
+            sample = lambda: generate(policy, tokenizer, share, args.max_new_tokens, args.generation_batch_size,
+                                      do_sample=True, temperature=args.temperature)
+            pairs = list(zip(sample(), sample()))
+            choose = lambda c: cai.first_choice_probabilities(feedback, feedback_tokenizer, c, args.generation_batch_size)
+            return list(zip(pairs, cai.feedback_labels(choose, share, pairs, constitution, rng, args.principles_per_pair)))
+        labelled = cai.on_shares(label_share, conversations)
+        return [pair for pair, _ in labelled], [lab for _, lab in labelled]
 
     conversations = [prompt_conversation(p) for p in prompts["prompt"]]
     pairs, labels = label(conversations)
@@ -85,18 +91,17 @@ def _label(script_args, args, model_args, prompts, constitution, judge, judge_ro
     report = {"pairs": len(rows), "kept": len(kept), "mean_label": sum(r["label"] for r in kept) / max(1, len(kept))}
     if judge is not None:  # the judge's preference on pairs for prompts it can rate, never part of the output
         held_pairs, held_labels = label([prompt_conversation(r) for r in judge_rows])
-        gold = [[sum(map(float, judge(row, answer).values())) for answer in pair] for row, pair in zip(judge_rows, held_pairs)]
+        verdicts = [tuple(judge(row, answer) for answer in pair) for row, pair in zip(judge_rows, held_pairs)]
+        gold = [[sum(map(float, v.values())) for v in pair] for pair in verdicts]
         labels = [p for p, _ in held_labels]
-        # On the pairs the output would keep (label >= min_confidence), and on every pair the judge tells apart.
+        # On the pairs the output would keep (label >= min_confidence), on every pair the judge tells apart, and on
+        # those that differ on each of the judge's criteria.
         sure = [i for i, p in enumerate(labels) if max(p, 1 - p) >= args.min_confidence]
         report["gold_agreement"], report["gold_pairs"] = cai.agreement([labels[i] for i in sure], [gold[i] for i in sure])
         report["gold_agreement_all"], report["gold_pairs_all"] = cai.agreement(labels, gold)
+        report["gold_agreement_by_criterion"] = cai.agreement_by_criterion(labels, verdicts)
 
     out = Path(args.output_dir)
-    (out / DATA_DIR).mkdir(parents=True, exist_ok=True)
-    with (out / DATA_DIR / "train.jsonl").open("w", encoding="utf-8") as f:
-        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in kept)
-    save_config(out, script_args, args, model_args)
     record = {
         "stage": "ai_feedback", "alignkit_version": __version__, "model_name_or_path": model_args.model_name_or_path,
         "dataset_name": script_args.dataset_name,
@@ -104,7 +109,14 @@ def _label(script_args, args, model_args, prompts, constitution, judge, judge_ro
         "feedback_model": args.feedback_model_path or model_args.model_name_or_path, "constitution": constitution.path,
         "data": str(out / DATA_DIR), "metrics": report, "report": report,
     }
-    outputs.finish_run(out, record)
+    state = PartialState()
+    if state.is_main_process:  # every process holds all the rows (`cai.on_shares`); one writes them
+        (out / DATA_DIR).mkdir(parents=True, exist_ok=True)
+        with (out / DATA_DIR / "train.jsonl").open("w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in kept)
+        save_config(out, script_args, args, model_args)
+        outputs.finish_run(out, record)
+    state.wait_for_everyone()
     return record
 
 

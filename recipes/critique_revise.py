@@ -13,8 +13,10 @@ import json
 import random
 from pathlib import Path
 
+from accelerate import PartialState
 from datasets import Dataset, DatasetDict
-from transformers import set_seed
+from transformers import TrainerCallback, set_seed
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import ModelConfig
 
 from alignkit import cai, data, models, outputs
@@ -43,17 +45,21 @@ def main(script_args: ScriptArguments, training_args: cai.CritiqueReviseConfig, 
     )
     models.check_vocab(model, tokenizer, model_args.model_name_or_path)
 
-    # Answer, critique and revise every prompt, batched through `generate`, with the model as it is now.
-    model.eval()
-    answer = lambda conversations: generate(
-        model, tokenizer, conversations, training_args.max_new_tokens, training_args.generation_batch_size,
-        do_sample=training_args.do_sample, temperature=training_args.temperature,
-    )
-    set_seed(training_args.seed)  # sampled answers, when do_sample
-    rng = random.Random(training_args.seed)  # the principles
-    records = {split: cai.critique_and_revise(answer, [prompt_conversation(p) for p in rows["prompt"]], constitution,
-                                              training_args.num_revisions, rng)
-               for split, rows in prompts.items()}
+    # Answer, critique and revise every prompt with the model as it is now, each process its share; a resumed run
+    # reads the records its checkpoint kept instead, so it goes on training on the same revisions.
+    records = _records_to_resume(training_args)
+    if records is None:
+        model.eval()
+        answer = lambda conversations: generate(
+            model, tokenizer, conversations, training_args.max_new_tokens, training_args.generation_batch_size,
+            do_sample=training_args.do_sample, temperature=training_args.temperature,
+        )
+        process = PartialState().process_index
+        set_seed(training_args.seed + process)  # sampled answers, when do_sample
+        rng = random.Random(training_args.seed + process)  # the principles
+        revise = lambda share: cai.critique_and_revise(answer, share, constitution, training_args.num_revisions, rng)
+        records = {split: cai.on_shares(revise, [prompt_conversation(p) for p in rows["prompt"]])
+                   for split, rows in prompts.items()}
 
     # SFT on prompt -> final revision; an empty revision teaches nothing and is left out.
     pairs = {split: [{"prompt": r["prompt"], "completion": [{"role": "assistant", "content": r["revision"]}]}
@@ -63,16 +69,38 @@ def main(script_args: ScriptArguments, training_args: cai.CritiqueReviseConfig, 
                         "check that the model answers with its chat template.")
     dataset = DatasetDict({split: Dataset.from_list(rows) for split, rows in pairs.items() if rows})
 
-    def keep_records(trainer) -> dict:  # written with the weights, so an overwritten run's records go with it
-        with Path(training_args.output_dir, RECORDS_FILE).open("w", encoding="utf-8") as f:
+    def write_records(folder) -> None:
+        with Path(folder, RECORDS_FILE).open("w", encoding="utf-8") as f:
             for split, rows in records.items():
                 f.writelines(json.dumps({"split": split, **r}, ensure_ascii=False) + "\n" for r in rows)
+
+    def keep_records(trainer) -> dict:  # written with the weights, so an overwritten run's records go with it
+        write_records(training_args.output_dir)
         return {"critique_revise": {"records": RECORDS_FILE, "prompts": sum(map(len, records.values())),
                                     "trained_on": sum(map(len, pairs.values())), "constitution": constitution.path}}
 
-    return sft.train(model, tokenizer, dataset, script_args, training_args, model_args, stage="critique_revise",
-                     extra=keep_records)
+    class KeepRecordsInCheckpoints(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                write_records(Path(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"))
 
+    return sft.train(model, tokenizer, dataset, script_args, training_args, model_args, stage="critique_revise",
+                     extra=keep_records, callbacks=[KeepRecordsInCheckpoints()])
+
+
+def _records_to_resume(training_args) -> dict[str, list[dict]] | None:
+    """The records kept in the checkpoint a resumed run starts from (None when it starts afresh or kept none)."""
+    if outputs.resume_arg(training_args.resume_from_checkpoint) is None:
+        return None
+    checkpoint = outputs.resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
+    path = Path(checkpoint, RECORDS_FILE)
+    if not path.is_file():
+        return None
+    records: dict[str, list[dict]] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        records.setdefault(row.pop("split"), []).append(row)
+    return records
 
 if __name__ == "__main__":
     run_recipe("critique_revise", main=main)

@@ -30,7 +30,8 @@ def main(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mod
     return train(model, tokenizer, dataset, script_args, training_args, model_args)
 
 
-def train(model, tokenizer, dataset, script_args, training_args, model_args, stage: str = "sft", extra=None) -> SFTTrainer:
+def train(model, tokenizer, dataset, script_args, training_args, model_args, stage: str = "sft", extra=None,
+          callbacks=None) -> SFTTrainer:
     """SFT of a loaded model on checked data, then the stage's output; shared with `critique_revise`."""
     # Conversations learn from the assistant's turns only, as prompt/completion data learns from completions.
     if "messages" in dataset["train"].column_names and has_generation_markers(tokenizer.chat_template):
@@ -43,6 +44,7 @@ def train(model, tokenizer, dataset, script_args, training_args, model_args, sta
         eval_dataset=dataset.get("test"),
         processing_class=tokenizer,
         peft_config=models.new_peft_config(model, model_args),
+        callbacks=callbacks,
     )
     if not training_args.packing:
         data.check_kept(len(dataset["train"]), len(trainer.train_dataset), "training rows", training_args.max_length)

@@ -75,6 +75,39 @@ def test_the_comparison_is_asked_in_the_chat_template_with_both_answers_labelled
     assert f"(A) {PAIRS[0][0]}\n(B) {PAIRS[0][1]}" in text and principle.comparison in text
 
 
+def test_an_ensemble_of_principles_averages_each_principles_label(tokenizer, tmp_path):
+    (tmp_path / "c.yaml").write_text("principles:\n"
+                                     "  - {id: polite, critique: c, revision: r, comparison: 'Which is polite?'}\n"
+                                     "  - {id: short, critique: c, revision: r, comparison: 'Which is short?'}\n")
+    constitution = load_constitution(tmp_path / "c.yaml")
+
+    def judge(text):  # sure which answer is polite; no view on which is short (always "A")
+        after_a, after_b = text.split("(A)")[1].split("(B)")
+        return "B" if "polite" in text and any(w in after_a for w in ("Duh", "Ugh")) else "A"
+
+    model = LetterModel(tokenizer, judge)
+    choose = lambda conversations: cai.first_choice_probabilities(model, tokenizer, conversations, batch_size=2)
+    labels = cai.feedback_labels(choose, PROMPTS, PAIRS, constitution, random.Random(0), principles_per_pair=2)
+    p = torch.sigmoid(torch.tensor(4.0)).item()
+    assert [q for q, _ in labels] == pytest.approx([(p + 0.5) / 2, (1 - p + 0.5) / 2])
+    assert all(sorted(ids.split("+")) == ["polite", "short"] for _, ids in labels)
+
+
+def test_more_principles_per_pair_than_the_constitution_holds_is_refused():
+    from alignkit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="between 1 and the constitution's 3 principles, got 4"):
+        cai.AIFeedbackConfig(principles_per_pair=4)
+
+
+def test_agreement_by_criterion_splits_the_pairs_by_what_their_answers_differ_in():
+    verdicts = [({"correct": True, "polite": True}, {"correct": True, "polite": False}),  # manners only
+                ({"correct": True, "polite": True}, {"correct": False, "polite": True}),  # the fact only
+                ({"correct": False, "polite": True}, {"correct": True, "polite": False})]  # both, a tie overall
+    by = cai.agreement_by_criterion([0.9, 0.4, 0.7], verdicts)
+    assert by == {"polite": {"agreement": 1.0, "pairs": 1}, "correct": {"agreement": 0.0, "pairs": 1}}
+
+
 def test_agreement_counts_only_pairs_the_judge_tells_apart():
     assert cai.agreement([0.9, 0.2, 0.7, 0.6], [(2, 1), (1, 2), (1, 2), (1, 1)]) == (2 / 3, 3)
     assert cai.agreement([0.9], [(1, 1)]) == (None, 0) and cai.agreement([], []) == (None, 0)
@@ -103,6 +136,9 @@ def test_the_recipe_writes_preference_pairs_with_labels_and_a_run_record(feedbac
     saved = json.loads((out / "alignkit_run.json").read_text())
     assert saved["stage"] == "ai_feedback" and {"gold_agreement", "gold_agreement_all"} <= set(saved["report"])
     assert saved["report"]["gold_pairs"] <= saved["report"]["gold_pairs_all"] <= 8
+    by = saved["report"]["gold_agreement_by_criterion"]
+    assert set(by) <= {"gold_correctness", "gold_politeness", "gold_concision", "gold_well_formed"}
+    assert all(0 <= v["agreement"] <= 1 and 1 <= v["pairs"] <= saved["report"]["gold_pairs_all"] for v in by.values())
 
 
 def test_the_reward_stage_reads_the_ai_labels_as_they_are_and_uses_the_margin(feedback_run, tiny_base, tmp_path):

@@ -99,3 +99,31 @@ def test_a_bad_constitution_or_round_count_is_refused_before_any_model_loads(tin
     (tmp_path / "c.yaml").write_text("principles: []\n")
     with pytest.raises(ConfigError, match="no principles"):
         parse_args(STAGE_ARGS["critique_revise"], [*args, "--constitution", str(tmp_path / "c.yaml")])
+
+
+def test_a_resumed_run_trains_on_the_revisions_its_checkpoint_kept_without_generating_again(tiny_base, tmp_path):
+    import transformers
+
+    constitution = tmp_path / "constitution.yaml"
+    constitution.write_text(CONSTITUTION)
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": [{"role": "user", "content": q}]}
+                                                       for q in ("What color is the fox?", "Where does the owl live?")])
+    out = tmp_path / "out"
+    args = ["--model_name_or_path", str(tiny_base), "--dataset_name", str(prompts), "--output_dir", str(out),
+            "--constitution", str(constitution), "--max_new_tokens", "6", "--do_sample", "true", "--eval_split_size", "0",
+            "--generation_batch_size", "1", "--max_steps", "2", *FAST, "--save_strategy", "steps", "--save_steps", "1"]
+    run_stage("critique_revise", *args)
+    kept = out / "checkpoint-1" / "critique_revise.jsonl"
+    rows = [{**json.loads(line), "revision": "Kept revision."} for line in kept.read_text().splitlines()]
+    kept.write_text("".join(json.dumps(r) + "\n" for r in rows))  # what the resumed run must train on
+
+    def no_generation(*_, **__):
+        raise AssertionError("a resumed run generated its revisions again")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(transformers.GenerationMixin, "generate", no_generation)
+        trainer = run_stage("critique_revise", *args, "--resume_from_checkpoint", str(out / "checkpoint-1"))
+    final = [json.loads(line) for line in (out / "critique_revise.jsonl").read_text().splitlines()]
+    assert [r["revision"] for r in final] == ["Kept revision."] * 2
+    targets = {trainer.processing_class.decode([t for t in row["labels"] if t != -100]) for row in trainer.train_dataset}
+    assert targets == {"Kept revision." + trainer.processing_class.eos_token}
