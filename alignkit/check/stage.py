@@ -117,6 +117,8 @@ def check_stage(
     name = value("dataset_name")
     if name is not None and "${" in str(name):
         report.add("data", f"{name}: written by the pipeline's setup, not checked before it runs")
+    elif "dataset_name" in inputs.pending:
+        report.add("data", f"{name}: written by stage '{inputs.pending['dataset_name']}', not checked before it runs")
     elif name is not None and not Path(str(name)).expanduser().exists() and data.is_hub_id(str(name)):
         try:  # a Hub data set: stream its first rows instead of downloading it all
             split = str(value("dataset_train_split", "train"))

@@ -54,3 +54,4 @@ def test_a_pipeline_names_the_feedback_model_by_stage_and_only_ai_feedback_takes
     path.write_text("base_model: m\nstages:\n  sft: {recipe: sft, model: base, feedback_model: base}\n")
     with pytest.raises(ConfigError, match="a sft stage takes no feedback_model"):
         load_pipeline(path).validate()
+

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import REPO
 
 from alignkit import check
 
@@ -217,3 +218,10 @@ def test_a_mixture_is_checked_reported_and_previewed_data_set_by_data_set(tiny_b
     code, out, err = _check([config], capsys)
     assert code == 1 and f"datasets[1] ({bad}): unknown key 'splt' (did you mean 'split'?)" in out + err
     assert (out + err).count("unknown key 'splt'") == 1  # once: the data check does not repeat the parser
+
+
+def test_check_of_a_fresh_cai_pipeline_knows_the_ai_labels_are_written_by_ai_feedback(tmp_path, capsys):
+    code, printed, err = _check([REPO / "recipes" / "demo" / "cai.yaml", "--output_dir", tmp_path / "cai"], capsys)
+    assert code == 0, err
+    labels = tmp_path / "cai" / "ai_feedback" / "preference"
+    assert printed.count(f"{labels}: written by stage 'ai_feedback', not checked before it runs") == 2  # reward, dpo
