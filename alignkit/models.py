@@ -328,6 +328,16 @@ def _architectures(path: Path) -> list[str]:
         raise ModelError(f"Could not read the model config in {path}: {str(e).strip().splitlines()[0]}") from None
 
 
+def to_process_device(model: PreTrainedModel, device=None) -> PreTrainedModel:
+    """
+    A model that generates outside a Trainer (critique_revise, ai_feedback), on `device` (by default this process's:
+    its own GPU under `accelerate launch`, else the CPU). A quantized model was placed when it loaded and stays.
+    """
+    if getattr(model, "hf_device_map", None) is None:
+        model.to(device or PartialState().device)
+    return model
+
+
 def load_for_inference(path: str | Path):
     """(model, tokenizer) from a stage's output folder, whether it holds a full causal LM or a PEFT adapter."""
     path = check_folder(path, "stage output")

@@ -23,7 +23,7 @@ from trl import ModelConfig
 
 from alignkit import __version__, cai, data, models, outputs
 from alignkit.cli import run_recipe
-from alignkit.config import ScriptArguments, save_config
+from alignkit.config import ScriptArguments, has_accelerator, save_config
 from alignkit.constitution import load_constitution
 from alignkit.errors import DataError
 from alignkit.evaluation import generate, judges, load_prompts, prompt_conversation
@@ -33,6 +33,10 @@ DATA_DIR = "preference"
 
 
 def main(script_args: ScriptArguments, args: cai.AIFeedbackConfig, model_args: ModelConfig) -> dict:
+    # No TrainingArguments here to set Accelerate up: without an accelerator, `cpu=True` is what makes the processes of
+    # `accelerate launch` one gloo group (as alignkit's `use_cpu` default does for training stages), so they share out
+    # the prompts and only the main one takes the output folder.
+    PartialState(cpu=not has_accelerator())
     # Check the prompts, the constitution, the judge and the output folder before loading any weights.
     prompts = data.load_data(dataclasses.replace(script_args, eval_split_size=0), "prompts")["train"]
     constitution = load_constitution(args.constitution)
@@ -54,11 +58,12 @@ def main(script_args: ScriptArguments, args: cai.AIFeedbackConfig, model_args: M
 
 def _label(script_args, args, model_args, prompts, constitution, judge, judge_rows) -> dict:
     tokenizer = models.load_tokenizer(model_args, args.trust_remote_code, args.chat_template_path)
-    policy = models.load_model(model_args, args.trust_remote_code, tokenizer=tokenizer).eval()
+    policy = models.to_process_device(models.load_model(model_args, args.trust_remote_code, tokenizer=tokenizer).eval())
     if args.feedback_model_path:
         feedback_args = dataclasses.replace(model_args, model_name_or_path=args.feedback_model_path, use_peft=False)
         feedback_tokenizer = models.load_tokenizer(feedback_args, args.trust_remote_code)
         feedback = models.load_model(feedback_args, args.trust_remote_code, tokenizer=feedback_tokenizer).eval()
+        feedback = models.to_process_device(feedback)
     else:
         feedback, feedback_tokenizer = policy, tokenizer
     cai.choice_token_ids(feedback_tokenizer)  # "A" and "B" must be told apart before any answer is sampled

@@ -49,7 +49,8 @@ def main(script_args: ScriptArguments, training_args: cai.CritiqueReviseConfig, 
     # reads the records its checkpoint kept instead, so it goes on training on the same revisions.
     records = _records_to_resume(training_args)
     if records is None:
-        model.eval()
+        # `training_args.device` sets Accelerate up as the Trainer will (use_cpu: one gloo group on CPU) before sharing out.
+        model = models.to_process_device(model, training_args.device).eval()
         answer = lambda conversations: generate(
             model, tokenizer, conversations, training_args.max_new_tokens, training_args.generation_batch_size,
             do_sample=training_args.do_sample, temperature=training_args.temperature,
