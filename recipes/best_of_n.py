@@ -38,6 +38,7 @@ def main(script_args: ScriptArguments, training_args: best_of_n.BestOfNConfig, m
         tokenizer=tokenizer,
     )
     models.check_vocab(model, tokenizer, model_args.model_name_or_path)
+    model = models.to_process_device(model, training_args.device)  # the first round samples before any Trainer moves it
     peft_config = models.new_peft_config(model, model_args)
 
     kept, stats = {}, []
