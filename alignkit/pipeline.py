@@ -417,10 +417,12 @@ class Pipeline:
         so it reruns when that stage does."""
         audit = [self.audit_stage] if self.audits(stage) else []
         read = [value for value in [*stage.inputs.values(), *audit] if value in self.stages]
-        names = list(self.stages)
-        for text in _strings(stage.args):
-            read += [n for n in names[: names.index(stage.name)] if f"${{output_dir}}/{n}/" in f"{text}/"]
-        return list(dict.fromkeys(read))
+        return list(dict.fromkeys(read + self.data_stages(stage, stage.args)))
+
+    def data_stages(self, stage: Stage, value) -> list[str]:
+        """The earlier stages whose output folder `value` (one of `stage`'s args, or all of them) names by path."""
+        names = list(self.stages)[: list(self.stages).index(stage.name)]
+        return [n for text in _strings(value) for n in names if f"${{output_dir}}/{n}/" in f"{text}/"]
 
     def run_digest(self, name: str) -> str | None:
         """A digest of stage `name`'s run record (None when it holds no finished run): it changes with every run."""

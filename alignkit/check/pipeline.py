@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from alignkit import pipeline as pipelines
 from alignkit.check.findings import Report
 from alignkit.check.stage import StageInputs, check_accelerate_config, check_stage
@@ -71,8 +69,10 @@ def check_pipeline(
                     inputs.chat_template_from[key] = template
             elif target == "base" and "${" in str(settings[key]):
                 inputs.pending[key] = "setup"
-        if (producer := _data_producer(pipe, stage.name, settings.get("dataset_name"))) is not None:
-            inputs.pending["dataset_name"] = producer
+        # Data an earlier stage writes, named by path (`${output_dir}/ai_feedback/preference`), is not there yet.
+        unwritten = [n for n in pipe.data_stages(stage, stage.args.get("dataset_name")) if read_run(pipe.stage_dir(n)) is None]
+        if unwritten:
+            inputs.pending["dataset_name"] = unwritten[0]
         settings.pop("output_dir", None)
         settings["output_dir"] = str(pipe.stage_dir(stage.name))
         before = len(report.problems)
@@ -81,18 +81,6 @@ def check_pipeline(
         if stage.accelerate_config is not None and (config := pipe.accelerate_config_path(stage)) is not None:
             for problem in check_accelerate_config(config):
                 report.problem(problem, where)
-
-
-def _data_producer(pipe, name: str, dataset) -> str | None:
-    """The other stage whose output folder, not yet holding a finished run, holds `dataset` (ai_feedback's pairs)."""
-    if not isinstance(dataset, str) or "${" in dataset:
-        return None
-    path = Path(dataset).expanduser().resolve()
-    for other in pipe.stages:
-        folder = Path(pipe.stage_dir(other)).expanduser().resolve()
-        if other != name and path.is_relative_to(folder) and read_run(folder) is None:
-            return other
-    return None
 
 
 def _first_existing(pipe, target: str, input_path) -> tuple[str | None, str | None]:
