@@ -26,6 +26,7 @@ from transformers import TrainerCallback
 
 from alignkit import rewards
 from alignkit.errors import ConfigError, DataError
+from alignkit.evaluation.generation import on_shares
 
 KEPT_DIR = "best_of_n"  # in the output folder: iteration-<k>.jsonl (the kept rows) and stats.json
 
@@ -150,28 +151,27 @@ def select(prompts: list, answers: list[list[str]], scores: list[list[float]], f
 def sample_best(model, tokenizer, scorer: rewards.RewardScorer, prompts: list, args: BestOfNConfig,
                 iteration: int = 1) -> tuple[list[dict], dict]:
     """
-    This process samples and scores its share of `prompts`; returns every process's kept rows (in prompt order) and
-    the round's statistics over all prompts.
+    This process samples and scores its share of `prompts` (`on_shares`); returns the kept rows of all of them (in
+    prompt order) and the round's statistics over all prompts.
     """
     from accelerate import PartialState
-    from accelerate.utils import gather_object
     from transformers import set_seed
 
     state = PartialState()
     # Each process and round draws other samples; the same seed and process count draw the same ones again.
     set_seed(args.seed + 1000 * iteration + state.process_index)
-    with state.split_between_processes(prompts) as share:
+    n = args.num_generations
+
+    def sample_and_score(share: list) -> list[tuple]:
         answers, finished = sample(model, tokenizer, share, args)
-        n = args.num_generations
         flat = scorer.score([p for p in share for _ in range(n)], [a for group in answers for a in group])
-        scores = [flat[i * n : (i + 1) * n] for i in range(len(share))]
-        kept = select(share, answers, scores, finished, args.score_threshold)
-        counts = [len(share), sum(map(sum, finished)), sum(map(sum, scores)), sum(r["score"] for r in kept)]
-    if state.num_processes > 1:
-        kept = gather_object(kept)  # rank order = prompt order: split_between_processes gives contiguous shares
-        # gather_object concatenates every process's list: sum the four counts across processes.
-        counts = [sum(values) for values in zip(*_chunks(gather_object(counts), len(counts)))]
-    total, done, score_sum, kept_sum = counts
+        return list(zip(answers, [flat[i * n : (i + 1) * n] for i in range(len(share))], finished))
+
+    groups = on_shares(sample_and_score, prompts)  # every process's, in prompt order
+    answers, scores, finished = [g[0] for g in groups], [g[1] for g in groups], [g[2] for g in groups]
+    kept = select(prompts, answers, scores, finished, args.score_threshold)
+    total, done, score_sum = len(prompts), sum(map(sum, finished)), sum(map(sum, scores))
+    kept_sum = sum(r["score"] for r in kept)
     stats = {
         "iteration": iteration,
         "prompts": int(total),
@@ -192,10 +192,6 @@ def sample_best(model, tokenizer, scorer: rewards.RewardScorer, prompts: list, a
         fix = "raise max_completion_length" + (" or lower score_threshold" if args.score_threshold is not None else "")
         raise DataError(f"best_of_n iteration {iteration} kept no answer: {why}; {fix}.")
     return kept, stats
-
-
-def _chunks(values: list, size: int) -> list[list]:
-    return [values[i : i + size] for i in range(0, len(values), size)]
 
 
 def training_rows(kept: list[dict]):

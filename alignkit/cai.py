@@ -241,20 +241,6 @@ def preference_row(prompt: Conversation, first: str, second: str, p_first: float
             "label": round(label, 6), "margin": round(margin, 6), "principle": principle}
 
 
-def on_shares(work: Callable[[list], list], items: Sequence) -> list:
-    """
-    `work` on this process's contiguous share of `items` under `accelerate launch` (the whole of them in one process);
-    every process gets all the results, in the order of `items`, so generation is split rather than repeated.
-    """
-    from accelerate import PartialState
-    from accelerate.utils import gather_object
-
-    state = PartialState()
-    with state.split_between_processes(list(items)) as share:
-        results = work(list(share))
-    return gather_object(results) if state.num_processes > 1 else results  # rank order = item order
-
-
 def agreement_by_criterion(labels: Sequence[float], verdicts: Sequence[tuple[dict, dict]]) -> dict[str, dict]:
     """
     For each of the judge's criteria, how often the AI's preference matches the judge's over the pairs whose two

@@ -27,6 +27,7 @@ from alignkit.config import ScriptArguments, has_accelerator, save_config
 from alignkit.constitution import load_constitution
 from alignkit.errors import DataError
 from alignkit.evaluation import generate, judges, load_prompts, prompt_conversation
+from alignkit.evaluation.generation import on_shares
 from alignkit.training import lineage
 
 DATA_DIR = "preference"
@@ -81,7 +82,7 @@ def _label(script_args, args, model_args, prompts, constitution, judge, judge_ro
             pairs = list(zip(sample(), sample()))
             choose = lambda c: cai.first_choice_probabilities(feedback, feedback_tokenizer, c, args.generation_batch_size)
             return list(zip(pairs, cai.feedback_labels(choose, share, pairs, constitution, rng, args.principles_per_pair)))
-        labelled = cai.on_shares(label_share, conversations)
+        labelled = on_shares(label_share, conversations)
         return [pair for pair, _ in labelled], [lab for _, lab in labelled]
 
     conversations = [prompt_conversation(p) for p in prompts["prompt"]]
@@ -115,7 +116,7 @@ def _label(script_args, args, model_args, prompts, constitution, judge, judge_ro
         "data": str(out / DATA_DIR), "metrics": report, "report": report,
     }
     state = PartialState()
-    if state.is_main_process:  # every process holds all the rows (`cai.on_shares`); one writes them
+    if state.is_main_process:  # every process holds all the rows (`on_shares`); one writes them
         (out / DATA_DIR).mkdir(parents=True, exist_ok=True)
         with (out / DATA_DIR / "train.jsonl").open("w", encoding="utf-8") as f:
             f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in kept)

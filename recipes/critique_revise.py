@@ -13,7 +13,6 @@ import json
 import random
 from pathlib import Path
 
-from accelerate import PartialState
 from datasets import Dataset, DatasetDict
 from transformers import TrainerCallback, set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
@@ -24,7 +23,7 @@ from alignkit.cli import run_recipe
 from alignkit.config import ScriptArguments
 from alignkit.constitution import load_constitution
 from alignkit.errors import DataError
-from alignkit.evaluation.generation import generate, prompt_conversation
+from alignkit.evaluation.generation import generate, on_shares, prompt_conversation
 from alignkit.recipes import sft
 
 RECORDS_FILE = "critique_revise.jsonl"
@@ -55,11 +54,10 @@ def main(script_args: ScriptArguments, training_args: cai.CritiqueReviseConfig, 
             model, tokenizer, conversations, training_args.max_new_tokens, training_args.generation_batch_size,
             do_sample=training_args.do_sample, temperature=training_args.temperature,
         )
-        process = PartialState().process_index
-        set_seed(training_args.seed + process)  # sampled answers, when do_sample
-        rng = random.Random(training_args.seed + process)  # the principles
+        set_seed(training_args.seed + training_args.process_index)  # each process its own samples, when do_sample
+        rng = random.Random(training_args.seed + training_args.process_index)  # the principles
         revise = lambda share: cai.critique_and_revise(answer, share, constitution, training_args.num_revisions, rng)
-        records = {split: cai.on_shares(revise, [prompt_conversation(p) for p in rows["prompt"]])
+        records = {split: on_shares(revise, [prompt_conversation(p) for p in rows["prompt"]])
                    for split, rows in prompts.items()}
 
     # SFT on prompt -> final revision; an empty revision teaches nothing and is left out.

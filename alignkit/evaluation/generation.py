@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -117,3 +117,17 @@ def load_prompts(path: str | Path) -> list[dict]:
     if not rows:
         raise DataError(f"{path} holds no prompts.")
     return rows
+
+
+def on_shares(work: Callable[[list], list], items: Sequence) -> list:
+    """
+    `work` on this process's contiguous share of `items` under `accelerate launch` (the whole of them in one process);
+    every process gets all the results, in the order of `items`, so generation is split rather than repeated.
+    """
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+
+    state = PartialState()
+    with state.split_between_processes(list(items)) as share:
+        results = work(list(share))
+    return gather_object(results) if state.num_processes > 1 else results  # rank order = item order
