@@ -15,6 +15,7 @@ operating-system error, such as an output folder that cannot be written, too, in
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
 import errno
@@ -90,8 +91,12 @@ def run_recipe(stage: str, args: list[str] | None = None, main: Callable | None 
         parsed = parse_args(stage_dataclasses(stage), args)
         output_dir = Path(getattr(parsed[1], "output_dir", None) or ".")
         existed = output_dir.exists()
+        _exit_state.last_run_succeeded = False
+        if not _exit_state.registered:
+            atexit.register(_leave_process_group_at_exit)
+            _exit_state.registered = True
         try:
-            return main(*parsed)
+            result = main(*parsed)
         except AlignkitError:
             # The trainer creates output_dir as it starts; a run refused after that leaves no empty folder behind
             # (unless another, live run holds the folder: it may have just created it).
@@ -100,6 +105,26 @@ def run_recipe(stage: str, args: list[str] | None = None, main: Callable | None 
                 with contextlib.suppress(OSError):  # another process of the run removed it first
                     output_dir.rmdir()
             raise
+        _exit_state.last_run_succeeded = True
+        return result
+
+
+class _exit_state:
+    last_run_succeeded = False
+    registered = False
+
+
+def _leave_process_group_at_exit() -> None:
+    """The processes of a launch leave their process group together as they exit, while the interpreter is still
+    whole: otherwise gloo's threads can abort an exit (SIGABRT, "terminate called without an active exception")
+    after the run has finished. At exit, not after each recipe, because one process may run several
+    (tests/launch/rank_dump.py); and only if the last one succeeded, so that a failed rank does not wait for the
+    others (the launcher ends them when one fails)."""
+    import torch.distributed as dist
+
+    if _exit_state.last_run_succeeded and dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def _field_line(f: dataclasses.Field) -> str:
