@@ -18,6 +18,7 @@ from alignkit.check.preview import preview
 from alignkit.config import parse_args, stage_dataclasses
 from alignkit.configfile import cli_values, load_yaml
 from alignkit.errors import AlignkitError, ConfigError, DataError
+from alignkit.pipeline import stage_keys
 from alignkit.preflight import required_message
 
 HUB_ROWS = 200  # rows streamed from a Hub data set
@@ -58,7 +59,7 @@ def infer_stage(path: str, config: dict[str, Any]) -> str:
     for name in (p.stem, p.parent.name):
         if name in stages.STAGES:
             return name
-    fits = [stage for stage in stages.names() if (keys := stages.known_keys(stage)) is None or set(config) - {"env"} <= keys]
+    fits = [stage for stage in stages.names() if set(config) - {"env"} <= stage_keys(stage)]
     if len(fits) == 1:
         return fits[0]
     fits = fits or list(stages.names())

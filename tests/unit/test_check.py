@@ -9,7 +9,7 @@ import pytest
 import yaml
 from conftest import REPO
 
-from alignkit import check
+from alignkit import check, stages
 
 OWL = [{"role": "user", "content": "What does the owl eat?"}, {"role": "assistant", "content": "Mice."}]
 
@@ -110,6 +110,13 @@ def test_rows_longer_than_max_length_are_counted(tiny_base, tmp_path, capsys):
 )
 def test_the_stage_comes_from_the_file_name_or_the_keys_only_it_has(name, settings, stage):
     assert check.infer_stage(name, {"learning_rate": 1e-4, **settings}) == stage
+
+
+def test_the_stage_comes_from_its_keys_with_other_trl_versions_too(tmp_path, monkeypatch):
+    stale = tmp_path / "keys.json"  # a key list written for other versions: the installed parser's keys are used
+    stale.write_text(json.dumps({"versions": {"trl": "0.0.1", "transformers": "0.0.1"}, "stages": {"ppo": []}}))
+    monkeypatch.setattr(stages, "KEYS_FILE", stale)
+    assert check.infer_stage("c.yaml", {"learning_rate": 1e-4, "reward_model_path": "x", "kl_coef": 0.2}) == "ppo"
 
 
 def test_a_config_that_fits_several_stages_asks_for_stage(tmp_path, capsys):
