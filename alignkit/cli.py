@@ -92,7 +92,7 @@ def run_recipe(stage: str, args: list[str] | None = None, main: Callable | None 
         output_dir = Path(getattr(parsed[1], "output_dir", None) or ".")
         existed = output_dir.exists()
         _exit_state.last_run_succeeded = False
-        if not _exit_state.registered:
+        if not _exit_state.registered:  # here, after the stack's import: atexit runs it before the stack's own handlers
             atexit.register(_leave_process_group_at_exit)
             _exit_state.registered = True
         try:
