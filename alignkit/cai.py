@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -24,7 +25,8 @@ from trl import SFTConfig
 
 from alignkit.constitution import Constitution, Principle, load_constitution
 from alignkit.errors import ConfigError, ModelError
-from alignkit.evaluation.generation import device_of, render
+from alignkit.evaluation import vllm_generation
+from alignkit.evaluation.generation import device_of, generate, render
 
 Conversation = list[dict[str, str]]
 Generate = Callable[[Sequence[Conversation]], list[str]]
@@ -36,6 +38,12 @@ def _user(text: str) -> dict[str, str]:
 
 def _assistant(text: str) -> dict[str, str]:
     return {"role": "assistant", "content": text}
+
+
+def _check_vllm(config) -> None:
+    if not 0 < config.vllm_gpu_memory_utilization <= 1:
+        raise ConfigError(f"`vllm_gpu_memory_utilization` must be in (0, 1], got {config.vllm_gpu_memory_utilization}.")
+    vllm_generation.check_use_vllm(config.use_vllm)
 
 
 def _check_constitution(value: str) -> None:
@@ -60,6 +68,10 @@ class CritiqueReviseConfig(SFTConfig):
             Sample answers, critiques and revisions at `temperature` instead of decoding greedily.
         temperature (`float`, *optional*, defaults to `1.0`):
             Sampling temperature when `do_sample`.
+        use_vllm (`bool`, *optional*):
+            Generate with vLLM; unset, it is used when installed and a CUDA GPU is there (`pip install "alignkit[vllm]"`).
+        vllm_gpu_memory_utilization (`float`, *optional*, defaults to `0.5`):
+            The share of the GPU's memory vLLM's engine may take; it is freed before training.
     """
 
     constitution: str = field(default="default", metadata={"help": "Constitution YAML file or shipped name (default)."})
@@ -68,6 +80,8 @@ class CritiqueReviseConfig(SFTConfig):
     generation_batch_size: int = field(default=32, metadata={"help": "Conversations generated together."})
     do_sample: bool = field(default=False, metadata={"help": "Sample instead of decoding greedily."})
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature when do_sample."})
+    use_vllm: bool | None = field(default=None, metadata={"help": "Generate with vLLM (unset: when installed, on a GPU)."})
+    vllm_gpu_memory_utilization: float = field(default=0.5, metadata={"help": "GPU memory share vLLM's engine takes."})
 
     def __post_init__(self):
         super().__post_init__()
@@ -76,6 +90,7 @@ class CritiqueReviseConfig(SFTConfig):
                 raise ConfigError(f"`{key}` must be at least 1, got {getattr(self, key)}.")
         if self.temperature <= 0:
             raise ConfigError(f"`temperature` must be positive, got {self.temperature}; use `do_sample: false` for greedy.")
+        _check_vllm(self)
         _check_constitution(self.constitution)
 
 
@@ -107,6 +122,11 @@ class AIFeedbackConfig:
             on the pairs sampled for `judge_prompts` (`gold_agreement` in the run record and the pipeline report).
         judge_prompts (`str`, *optional*):
             A JSONL prompts file whose rows the judge can rate (e.g. held-out questions); never part of the output.
+        use_vllm (`bool`, *optional*):
+            Sample the answers with vLLM; unset, it is used when installed and a CUDA GPU is there. The comparisons
+            are one forward pass each and stay with transformers.
+        vllm_gpu_memory_utilization (`float`, *optional*, defaults to `0.5`):
+            The share of the GPU's memory vLLM's engine may take (the feedback model shares the GPU with it).
     """
 
     output_dir: str = field(default="ai_feedback_output", metadata={"help": "Where the preference data set goes."})
@@ -122,6 +142,8 @@ class AIFeedbackConfig:
     judge_prompts: str | None = field(default=None, metadata={"help": "Prompts (JSONL) the judge can rate."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Run model code from the Hub."})
     chat_template_path: str | None = field(default=None, metadata={"help": "A chat template (.jinja) for the policy."})
+    use_vllm: bool | None = field(default=None, metadata={"help": "Generate with vLLM (unset: when installed, on a GPU)."})
+    vllm_gpu_memory_utilization: float = field(default=0.5, metadata={"help": "GPU memory share vLLM's engine takes."})
 
     def __post_init__(self):
         for key in ("max_new_tokens", "generation_batch_size"):
@@ -131,6 +153,7 @@ class AIFeedbackConfig:
             raise ConfigError(f"`temperature` must be positive, got {self.temperature}.")
         if not 0.5 <= self.min_confidence < 1:
             raise ConfigError(f"`min_confidence` must be in [0.5, 1), got {self.min_confidence}.")
+        _check_vllm(self)
         if bool(self.judge) != bool(self.judge_prompts):
             raise ConfigError("`judge` and `judge_prompts` go together: set both to measure agreement, or neither.")
         constitution = load_constitution(self.constitution)  # a bad file fails here, before any model loads
@@ -140,6 +163,31 @@ class AIFeedbackConfig:
 
 
 # ----------------------------------------------------------------------------------------- critique and revise
+
+
+@contextmanager
+def answerer(model, tokenizer, args, model_args, *, do_sample: bool, seed: int, device=None):
+    """
+    A stage's `Generate` (conversations -> answers) with `args`' max_new_tokens, temperature and generation_batch_size:
+    vLLM's engine when `args.use_vllm` says so (freed on leaving), else transformers `generate` with `model` on
+    `device` (by default this process's). `seed` seeds vLLM's sampler; seed torch's for transformers.
+    """
+    if not vllm_generation.wants_vllm(args.use_vllm):
+        from alignkit import models
+
+        model = models.to_process_device(model, device).eval()
+        yield lambda conversations: generate(model, tokenizer, conversations, args.max_new_tokens,
+                                             args.generation_batch_size, do_sample=do_sample, temperature=args.temperature)
+        return
+    from accelerate import PartialState
+
+    with vllm_generation.VLLMGenerator(
+        model_args.model_name_or_path, tokenizer, max_new_tokens=args.max_new_tokens, do_sample=do_sample,
+        temperature=args.temperature, seed=seed, gpu_memory_utilization=args.vllm_gpu_memory_utilization,
+        dtype=model_args.dtype, revision=model_args.model_revision, trust_remote_code=args.trust_remote_code,
+        num_processes=PartialState().num_processes,
+    ) as generator:
+        yield generator
 
 
 def critique_and_revise(

@@ -26,7 +26,7 @@ from alignkit.cli import run_recipe
 from alignkit.config import ScriptArguments, has_accelerator, save_config
 from alignkit.constitution import load_constitution
 from alignkit.errors import DataError
-from alignkit.evaluation import generate, judges, load_prompts, prompt_conversation
+from alignkit.evaluation import judges, load_prompts, prompt_conversation, vllm_generation
 from alignkit.evaluation.generation import on_shares
 from alignkit.training import lineage
 
@@ -59,7 +59,11 @@ def main(script_args: ScriptArguments, args: cai.AIFeedbackConfig, model_args: M
 
 def _label(script_args, args, model_args, prompts, constitution, judge, judge_rows) -> dict:
     tokenizer = models.load_tokenizer(model_args, args.trust_remote_code, args.chat_template_path)
-    policy = models.to_process_device(models.load_model(model_args, args.trust_remote_code, tokenizer=tokenizer).eval())
+    # With vLLM sampling the answers, the policy's transformers weights are needed only to compare them.
+    sampled_by_vllm = vllm_generation.wants_vllm(args.use_vllm)
+    policy = None
+    if not (sampled_by_vllm and args.feedback_model_path):
+        policy = models.to_process_device(models.load_model(model_args, args.trust_remote_code, tokenizer=tokenizer).eval())
     if args.feedback_model_path:
         feedback_args = dataclasses.replace(model_args, model_name_or_path=args.feedback_model_path, use_peft=False)
         feedback_tokenizer = models.load_tokenizer(feedback_args, args.trust_remote_code)
@@ -77,16 +81,17 @@ def _label(script_args, args, model_args, prompts, constitution, judge, judge_ro
     def label(conversations):
         """Two sampled answers per prompt and (p(first better), principles) for each pair."""
         def label_share(share):
-            sample = lambda: generate(policy, tokenizer, share, args.max_new_tokens, args.generation_batch_size,
-                                      do_sample=True, temperature=args.temperature)
-            pairs = list(zip(sample(), sample()))
+            pairs = list(zip(answer(share), answer(share)))
             choose = lambda c: cai.first_choice_probabilities(feedback, feedback_tokenizer, c, args.generation_batch_size)
             return list(zip(pairs, cai.feedback_labels(choose, share, pairs, constitution, rng, args.principles_per_pair)))
         labelled = on_shares(label_share, conversations)
         return [pair for pair, _ in labelled], [lab for _, lab in labelled]
 
     conversations = [prompt_conversation(p) for p in prompts["prompt"]]
-    pairs, labels = label(conversations)
+    with cai.answerer(policy, tokenizer, args, model_args, do_sample=True, seed=args.seed + process) as answer:
+        pairs, labels = label(conversations)
+        if judge is not None:  # pairs for prompts the judge can rate, never part of the output
+            held_pairs, held_labels = label([prompt_conversation(r) for r in judge_rows])
     rows = [cai.preference_row(c, a, b, p, principle) for c, (a, b), (p, principle) in zip(conversations, pairs, labels)]
     kept = [r for r in rows if r["chosen"] != r["rejected"] and r["label"] >= args.min_confidence]
 
@@ -95,8 +100,7 @@ def _label(script_args, args, model_args, prompts, constitution, judge, judge_ro
                         f"{args.min_confidence}) for any of the {len(rows)} prompts; lower min_confidence, raise temperature "
                         "or check the feedback model's answers to the constitution's comparison questions.")
     report = {"pairs": len(rows), "kept": len(kept), "mean_label": sum(r["label"] for r in kept) / max(1, len(kept))}
-    if judge is not None:  # the judge's preference on pairs for prompts it can rate, never part of the output
-        held_pairs, held_labels = label([prompt_conversation(r) for r in judge_rows])
+    if judge is not None:  # the judge's preference on the held-out pairs
         verdicts = [tuple(judge(row, answer) for answer in pair) for row, pair in zip(judge_rows, held_pairs)]
         gold = [[sum(map(float, v.values())) for v in pair] for pair in verdicts]
         labels = [p for p, _ in held_labels]

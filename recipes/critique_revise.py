@@ -23,7 +23,7 @@ from alignkit.cli import run_recipe
 from alignkit.config import ScriptArguments
 from alignkit.constitution import load_constitution
 from alignkit.errors import DataError
-from alignkit.evaluation.generation import generate, on_shares, prompt_conversation
+from alignkit.evaluation.generation import on_shares, prompt_conversation
 from alignkit.recipes import sft
 
 RECORDS_FILE = "critique_revise.jsonl"
@@ -48,17 +48,15 @@ def main(script_args: ScriptArguments, training_args: cai.CritiqueReviseConfig, 
     # reads the records its checkpoint kept instead, so it goes on training on the same revisions.
     records = _records_to_resume(training_args)
     if records is None:
+        seed = training_args.seed + training_args.process_index  # each process its own samples, when do_sample
+        set_seed(seed)
+        rng = random.Random(seed)  # the principles
         # `training_args.device` sets Accelerate up as the Trainer will (use_cpu: one gloo group on CPU) before sharing out.
-        model = models.to_process_device(model, training_args.device).eval()
-        answer = lambda conversations: generate(
-            model, tokenizer, conversations, training_args.max_new_tokens, training_args.generation_batch_size,
-            do_sample=training_args.do_sample, temperature=training_args.temperature,
-        )
-        set_seed(training_args.seed + training_args.process_index)  # each process its own samples, when do_sample
-        rng = random.Random(training_args.seed + training_args.process_index)  # the principles
-        revise = lambda share: cai.critique_and_revise(answer, share, constitution, training_args.num_revisions, rng)
-        records = {split: on_shares(revise, [prompt_conversation(p) for p in rows["prompt"]])
-                   for split, rows in prompts.items()}
+        with cai.answerer(model, tokenizer, training_args, model_args, do_sample=training_args.do_sample, seed=seed,
+                          device=training_args.device) as answer:
+            revise = lambda share: cai.critique_and_revise(answer, share, constitution, training_args.num_revisions, rng)
+            records = {split: on_shares(revise, [prompt_conversation(p) for p in rows["prompt"]])
+                       for split, rows in prompts.items()}
 
     # SFT on prompt -> final revision; an empty revision teaches nothing and is left out.
     pairs = {split: [{"prompt": r["prompt"], "completion": [{"role": "assistant", "content": r["revision"]}]}
