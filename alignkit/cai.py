@@ -46,8 +46,11 @@ def _check_vllm(config) -> None:
     vllm_generation.check_use_vllm(config.use_vllm)
 
 
-def _check_constitution(value: str) -> None:
-    load_constitution(value)  # a bad file fails when the config is read, before any model loads
+def _check_constitution(value: str, principles: list[str] | None) -> Constitution:
+    # A bad file, or a principle it does not hold, fails when the config is read, before any model loads.
+    if principles is not None and not principles:
+        raise ConfigError("`principles` is empty; name some of the constitution's principles, or leave it unset for all.")
+    return load_constitution(value).restricted_to(principles)
 
 
 @dataclass
@@ -58,6 +61,8 @@ class CritiqueReviseConfig(SFTConfig):
     Args:
         constitution (`str`, *optional*, defaults to `"default"`):
             A constitution YAML file, or the name of one shipped in `alignkit/constitutions/` (`default`).
+        principles (`list[str]`, *optional*):
+            Use only these of the constitution's principles (by id); by default all of them.
         num_revisions (`int`, *optional*, defaults to `1`):
             Critique-and-revise rounds per prompt, each with a freshly sampled principle.
         max_new_tokens (`int`, *optional*, defaults to `64`):
@@ -75,6 +80,7 @@ class CritiqueReviseConfig(SFTConfig):
     """
 
     constitution: str = field(default="default", metadata={"help": "Constitution YAML file or shipped name (default)."})
+    principles: list[str] | None = field(default=None, metadata={"help": "Only these principles' ids (default: all)."})
     num_revisions: int = field(default=1, metadata={"help": "Critique-and-revise rounds per prompt."})
     max_new_tokens: int = field(default=64, metadata={"help": "Longest answer, critique or revision generated."})
     generation_batch_size: int = field(default=32, metadata={"help": "Conversations generated together."})
@@ -91,7 +97,7 @@ class CritiqueReviseConfig(SFTConfig):
         if self.temperature <= 0:
             raise ConfigError(f"`temperature` must be positive, got {self.temperature}; use `do_sample: false` for greedy.")
         _check_vllm(self)
-        _check_constitution(self.constitution)
+        _check_constitution(self.constitution, self.principles)
 
 
 @dataclass
@@ -104,6 +110,8 @@ class AIFeedbackConfig:
             Where the preference data set and the run record go.
         constitution (`str`, *optional*, defaults to `"default"`):
             A constitution YAML file, or the name of a shipped one; each pair is compared by a sampled principle.
+        principles (`list[str]`, *optional*):
+            Use only these of the constitution's principles (by id); by default all of them.
         feedback_model_path (`str`, *optional*):
             The causal LM asked to compare the answers (Hub id or folder); by default the policy itself.
         max_new_tokens (`int`, *optional*, defaults to `64`):
@@ -132,6 +140,7 @@ class AIFeedbackConfig:
     output_dir: str = field(default="ai_feedback_output", metadata={"help": "Where the preference data set goes."})
     seed: int = field(default=42, metadata={"help": "Seeds the sampled answers and principles."})
     constitution: str = field(default="default", metadata={"help": "Constitution YAML file or shipped name (default)."})
+    principles: list[str] | None = field(default=None, metadata={"help": "Only these principles' ids (default: all)."})
     feedback_model_path: str | None = field(default=None, metadata={"help": "Feedback model (default: the policy)."})
     max_new_tokens: int = field(default=64, metadata={"help": "Longest answer sampled."})
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of the two answers."})
@@ -156,7 +165,7 @@ class AIFeedbackConfig:
         _check_vllm(self)
         if bool(self.judge) != bool(self.judge_prompts):
             raise ConfigError("`judge` and `judge_prompts` go together: set both to measure agreement, or neither.")
-        constitution = load_constitution(self.constitution)  # a bad file fails here, before any model loads
+        constitution = _check_constitution(self.constitution, self.principles)
         if not 1 <= self.principles_per_pair <= len(constitution.principles):
             raise ConfigError(f"`principles_per_pair` must be between 1 and the constitution's {len(constitution.principles)} "
                               f"principles, got {self.principles_per_pair}.")
@@ -252,26 +261,29 @@ def first_choice_probabilities(model, tokenizer, conversations: Sequence[Convers
 
 
 def comparison_conversation(constitution: Constitution, principle: Principle, prompt: Conversation, first: str,
-                            second: str) -> Conversation:
+                            second: str, reference: str | None = None) -> Conversation:
     question = "\n".join(turn["content"] for turn in prompt if turn["role"] == "user")
-    return [_user(constitution.comparison_prompt(principle, question, first, second))]
+    return [_user(constitution.comparison_prompt(principle, question, first, second, reference))]
 
 
 def feedback_labels(
     choose: Callable[[Sequence[Conversation]], list[float]], prompts: Sequence[Conversation],
     pairs: Sequence[tuple[str, str]], constitution: Constitution, rng: random.Random, principles_per_pair: int = 1,
+    references: Sequence[str] | None = None,
 ) -> list[tuple[float, str]]:
     """
     (p, principle ids) per pair: p, the probability that the pair's first answer is the better one, averaged over
     both orders, p = (p_AB + (1 - p_BA)) / 2, so a feedback model that always answers "A" gives 0.5. Each pair is
     asked under `principles_per_pair` principles sampled without replacement and p is their mean (Bai et al. ensemble
     principles for steadier labels); the ids are joined with "+". `choose` gives p("A") for a batch of comparison
-    conversations.
+    conversations; `references`, the feedback model's own answers, are shown where the template has `{reference}`.
     """
     asked = [rng.sample(constitution.principles, principles_per_pair) for _ in prompts]
-    flat = [(principle, prompt, pair) for principles, prompt, pair in zip(asked, prompts, pairs) for principle in principles]
-    p_ab = choose([comparison_conversation(constitution, pr, p, x, y) for pr, p, (x, y) in flat])
-    p_ba = choose([comparison_conversation(constitution, pr, p, y, x) for pr, p, (x, y) in flat])
+    references = references if references is not None else [None] * len(prompts)
+    flat = [(principle, prompt, pair, ref) for principles, prompt, pair, ref in zip(asked, prompts, pairs, references)
+            for principle in principles]
+    p_ab = choose([comparison_conversation(constitution, pr, p, x, y, r) for pr, p, (x, y), r in flat])
+    p_ba = choose([comparison_conversation(constitution, pr, p, y, x, r) for pr, p, (x, y), r in flat])
     p_first = [(ab + (1 - ba)) / 2 for ab, ba in zip(p_ab, p_ba)]
     k = principles_per_pair
     return [(sum(p_first[i * k : (i + 1) * k]) / k, "+".join(pr.id for pr in principles))

@@ -17,6 +17,10 @@ examples:                        # optional few-shot turns shown before each cri
 feedback_template: ...           # optional: how a comparison is asked, with {question} {answer_a} {answer_b} {comparison}
 ```
 
+A `feedback_template` may also hold `{reference}`: the feedback model then answers the question itself first, and its
+answer is shown beside the two it compares (reference-guided judging, Zheng et al., 2023), for principles such as
+correctness that a model judges better against its own answer. It needs {question} or {reference} (or both).
+
 `load_constitution("default")` (or any name of a file in `alignkit/constitutions/`) loads a shipped one. Every
 mistake is a `ConfigError` naming the file, the line and the principle or field, and how to fix it.
 """
@@ -25,7 +29,8 @@ from __future__ import annotations
 
 import random
 import string
-from dataclasses import dataclass, fields
+from collections.abc import Sequence
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import yaml
@@ -39,7 +44,8 @@ SHIPPED = Path(__file__).with_name("constitutions")
 DEFAULT_FEEDBACK_TEMPLATE = (
     "Question: {question}\n(A) {answer_a}\n(B) {answer_b}\n{comparison} Answer with A or B."
 )
-TEMPLATE_FIELDS = ("question", "answer_a", "answer_b", "comparison")
+TEMPLATE_FIELDS = ("question", "answer_a", "answer_b", "comparison", "reference")
+REQUIRED_TEMPLATE_FIELDS = ("answer_a", "answer_b", "comparison")
 
 
 @dataclass(frozen=True)
@@ -88,9 +94,33 @@ class Constitution:
     def few_shot_turns(self) -> list[dict[str, str]]:
         return [turn for example in self.examples for turn in example.turns(self)]
 
-    def comparison_prompt(self, principle: Principle, question: str, answer_a: str, answer_b: str) -> str:
+    def restricted_to(self, ids: Sequence[str] | None) -> Constitution:
+        """The constitution with only the principles `ids` (and their examples); all of it when `ids` is None."""
+        if ids is None:
+            return self
+        known = [p.id for p in self.principles]
+        for principle_id in ids:
+            if principle_id not in known:
+                raise ConfigError(f"`principles` names '{principle_id}'{closest_hint(principle_id, known)}, which "
+                                  f"{self.path} does not hold; use some of {', '.join(known)}.")
+        return replace(self, principles=tuple(p for p in self.principles if p.id in ids),
+                       examples=tuple(e for e in self.examples if e.principle in ids))
+
+    @property
+    def uses_reference(self) -> bool:
+        """Whether a comparison shows the feedback model's own answer (`{reference}` in the feedback template)."""
+        return "reference" in template_fields(self.feedback_template)
+
+    def comparison_prompt(self, principle: Principle, question: str, answer_a: str, answer_b: str,
+                          reference: str | None = None) -> str:
+        if self.uses_reference and reference is None:
+            raise ValueError("this constitution's feedback template shows a reference answer; pass `reference`.")
         return self.feedback_template.format(question=question, answer_a=answer_a, answer_b=answer_b,
-                                             comparison=principle.comparison)
+                                             comparison=principle.comparison, reference=reference)
+
+
+def template_fields(template: str) -> set[str]:
+    return {name for _, name, _, _ in string.Formatter().parse(template) if name}
 
 
 def shipped_names() -> list[str]:
@@ -194,10 +224,12 @@ def load_constitution(name_or_path: str | Path = "default") -> Constitution:
     template = raw.get("feedback_template", DEFAULT_FEEDBACK_TEMPLATE)
     if not isinstance(template, str):
         raise ConfigError(f"{path} (line {line('feedback_template')}): `feedback_template` must be text.")
-    used = {name for _, name, _, _ in string.Formatter().parse(template) if name}
-    if used != set(TEMPLATE_FIELDS):
-        missing, extra = set(TEMPLATE_FIELDS) - used, used - set(TEMPLATE_FIELDS)
+    used = template_fields(template)
+    missing = set(REQUIRED_TEMPLATE_FIELDS) - used or ({"question"} if not used & {"question", "reference"} else set())
+    extra = used - set(TEMPLATE_FIELDS)
+    if missing or extra:
         problem = f"lacks {{{'}, {'.join(sorted(missing))}}}" if missing else f"has unknown {{{'}, {'.join(sorted(extra))}}}"
         raise ConfigError(f"{path} (line {line('feedback_template')}): `feedback_template` {problem}; it must hold "
-                          "each of {question}, {answer_a}, {answer_b} and {comparison} once.")
+                          "{answer_a}, {answer_b}, {comparison}, and {question} or {reference} (the feedback model's own "
+                          "answer) or both.")
     return Constitution(str(path), tuple(principles), tuple(examples), template)

@@ -27,7 +27,7 @@ from alignkit.config import ScriptArguments, has_accelerator, save_config
 from alignkit.constitution import load_constitution
 from alignkit.errors import DataError
 from alignkit.evaluation import judges, load_prompts, prompt_conversation, vllm_generation
-from alignkit.evaluation.generation import on_shares
+from alignkit.evaluation.generation import generate, on_shares
 from alignkit.training import lineage
 
 DATA_DIR = "preference"
@@ -40,7 +40,7 @@ def main(script_args: ScriptArguments, args: cai.AIFeedbackConfig, model_args: M
     PartialState(cpu=not has_accelerator())
     # Check the prompts, the constitution, the judge and the output folder before loading any weights.
     prompts = data.load_data(dataclasses.replace(script_args, eval_split_size=0), "prompts")["train"]
-    constitution = load_constitution(args.constitution)
+    constitution = load_constitution(args.constitution).restricted_to(args.principles)
     judge = judges.load_judge(args.judge) if args.judge else None
     judge_rows = load_prompts(args.judge_prompts) if args.judge_prompts else []
     outputs.prepare_output_dir(args.output_dir, script_args.overwrite_output_dir)
@@ -82,8 +82,12 @@ def _label(script_args, args, model_args, prompts, constitution, judge, judge_ro
         """Two sampled answers per prompt and (p(first better), principles) for each pair."""
         def label_share(share):
             pairs = list(zip(answer(share), answer(share)))
+            references = None
+            if constitution.uses_reference:  # the feedback model answers first, greedily, to judge against its answer
+                references = generate(feedback, feedback_tokenizer, share, args.max_new_tokens, args.generation_batch_size)
             choose = lambda c: cai.first_choice_probabilities(feedback, feedback_tokenizer, c, args.generation_batch_size)
-            return list(zip(pairs, cai.feedback_labels(choose, share, pairs, constitution, rng, args.principles_per_pair)))
+            labels = cai.feedback_labels(choose, share, pairs, constitution, rng, args.principles_per_pair, references)
+            return list(zip(pairs, labels))
         labelled = on_shares(label_share, conversations)
         return [pair for pair, _ in labelled], [lab for _, lab in labelled]
 

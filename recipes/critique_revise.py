@@ -32,7 +32,7 @@ RECORDS_FILE = "critique_revise.jsonl"
 def main(script_args: ScriptArguments, training_args: cai.CritiqueReviseConfig, model_args: ModelConfig):
     # Check the prompts, the constitution and the output folder before loading any weights.
     prompts = data.load_data(script_args, "prompts", seed=training_args.seed)
-    constitution = load_constitution(training_args.constitution)
+    constitution = load_constitution(training_args.constitution).restricted_to(training_args.principles)
     outputs.prepare_output_dir(
         training_args.output_dir, script_args.overwrite_output_dir, training_args.resume_from_checkpoint
     )

@@ -98,6 +98,51 @@ def test_more_principles_per_pair_than_the_constitution_holds_is_refused():
 
     with pytest.raises(ConfigError, match="between 1 and the constitution's 3 principles, got 4"):
         cai.AIFeedbackConfig(principles_per_pair=4)
+    with pytest.raises(ConfigError, match="between 1 and the constitution's 1 principles, got 2"):
+        cai.AIFeedbackConfig(principles=["polite"], principles_per_pair=2)
+
+
+def test_a_reference_template_compares_each_pair_against_the_feedback_models_own_answer(tokenizer, tmp_path):
+    (tmp_path / "c.yaml").write_text("feedback_template: 'Mine: {reference}\\n(A) {answer_a}\\n(B) {answer_b}\\n{comparison}'\n"
+                                     "principles:\n  - {id: agrees, critique: c, revision: r, comparison: 'Which agrees?'}\n")
+    constitution = load_constitution(tmp_path / "c.yaml")
+    pairs = [("The fox is red.", "The fox is blue."), ("The owl lives in the cave.", "The owl lives in the river.")]
+    references = ["Sure! The fox is red.", "The owl lives in the river."]
+
+    def agreeing(text):  # the letter of the answer that states Mine's last word
+        mine, rest = text.split("Mine: ")[1].split("(A)")
+        after_a, after_b = rest.split("(B)")
+        word = mine.split()[-1]
+        return "A" if word in after_a else "B"
+
+    model = LetterModel(tokenizer, agreeing)
+    choose = lambda conversations: cai.first_choice_probabilities(model, tokenizer, conversations, batch_size=2)
+    labels = cai.feedback_labels(choose, PROMPTS, pairs, constitution, random.Random(0), references=references)
+    p = torch.sigmoid(torch.tensor(4.0)).item()
+    assert [q for q, _ in labels] == pytest.approx([p, 1 - p])
+
+
+def test_the_recipe_asks_the_feedback_model_for_its_own_answer_first_when_the_template_shows_it(tiny_base, tmp_path,
+                                                                                              monkeypatch):
+    from alignkit.evaluation.generation import generate
+    from alignkit.models import load_model
+
+    (tmp_path / "c.yaml").write_text("feedback_template: 'Mine: {reference}\\n(A) {answer_a}\\n(B) {answer_b}\\n{comparison}'\n"
+                                     "principles:\n  - {id: agrees, critique: c, revision: r, comparison: 'Which agrees?'}\n")
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": q} for q in PROMPTS])
+    seen = []
+    labels = cai.feedback_labels
+    monkeypatch.setattr(cai, "feedback_labels", lambda *a, **k: seen.append(a[-1]) or labels(*a, **k))
+    run_stage("ai_feedback", "--model_name_or_path", str(tiny_base), "--dataset_name", str(prompts),
+              "--output_dir", str(tmp_path / "out"), "--constitution", str(tmp_path / "c.yaml"), "--max_new_tokens", "8",
+              "--min_confidence", "0.5")
+    from trl import ModelConfig
+
+    from alignkit.models import load_tokenizer
+
+    tokenizer = load_tokenizer(ModelConfig(model_name_or_path=str(tiny_base)))
+    model = load_model(ModelConfig(model_name_or_path=str(tiny_base)), tokenizer=tokenizer).eval()
+    assert seen == [generate(model, tokenizer, PROMPTS, max_new_tokens=8, batch_size=32)]  # greedy, by the feedback model
 
 
 def test_agreement_by_criterion_splits_the_pairs_by_what_their_answers_differ_in():

@@ -70,6 +70,12 @@ def test_a_file_loads_with_its_principles_examples_and_few_shot_turns(tmp_path):
          r"line 4\): example 1 names principle 'polit' \(did you mean 'polite'\?\)"),
         ("principles:\n  - {id: a, critique: a, revision: b, comparison: c}\nfeedback_template: '{question} {answer_a}'\n",
          r"line 3\): `feedback_template` lacks \{answer_b\}, \{comparison\}"),
+        ("principles:\n  - {id: a, critique: a, revision: b, comparison: c}\n"
+         "feedback_template: '{answer_a} {answer_b} {comparison}'\n",
+         r"line 3\): `feedback_template` lacks \{question\}; it must hold .* \{question\} or \{reference\}"),
+        ("principles:\n  - {id: a, critique: a, revision: b, comparison: c}\n"
+         "feedback_template: '{question} {answer_a} {answer_b} {comparison} {mine}'\n",
+         r"line 3\): `feedback_template` has unknown \{mine\}"),
     ],
 )
 def test_a_bad_constitution_is_refused_naming_the_line_the_principle_and_the_fix(tmp_path, text, message):
@@ -80,3 +86,24 @@ def test_a_bad_constitution_is_refused_naming_the_line_the_principle_and_the_fix
 def test_a_missing_constitution_names_the_shipped_ones():
     with pytest.raises(ConfigError, match="not found.*shipped name.*default"):
         load_constitution("no_such_constitution")
+
+
+def test_a_template_with_a_reference_shows_the_feedback_models_own_answer_and_needs_it(tmp_path):
+    constitution = load_constitution(write(tmp_path, "principles:\n  - {id: a, critique: c, revision: r, comparison: 'Which?'}\n"
+                                                     "feedback_template: 'Mine: {reference} (A) {answer_a} (B) {answer_b} {comparison}'\n"))
+    assert constitution.uses_reference and not load_constitution(write(tmp_path, GOOD)).uses_reference
+    principle = constitution.principles[0]
+    assert constitution.comparison_prompt(principle, "Q?", "one", "two", reference="mine") == "Mine: mine (A) one (B) two Which?"
+    with pytest.raises(ValueError, match="pass `reference`"):
+        constitution.comparison_prompt(principle, "Q?", "one", "two")
+
+
+def test_a_stage_can_use_some_of_the_principles_and_a_wrong_id_is_named_with_the_fix(tmp_path):
+    constitution = load_constitution(write(tmp_path, GOOD))
+    polite = constitution.restricted_to(["polite"])
+    assert [p.id for p in polite.principles] == ["polite"] and len(polite.few_shot_turns()) == 6
+    assert {polite.sample(random.Random(seed)).id for seed in range(20)} == {"polite"}
+    assert constitution.restricted_to(None) is constitution
+    with pytest.raises(ConfigError, match=r"`principles` names 'polit' \(did you mean 'polite'\?\), which .* does not "
+                                          r"hold; use some of polite, honest"):
+        constitution.restricted_to(["polit"])

@@ -99,6 +99,9 @@ def test_a_bad_constitution_or_round_count_is_refused_before_any_model_loads(tin
     (tmp_path / "c.yaml").write_text("principles: []\n")
     with pytest.raises(ConfigError, match="no principles"):
         parse_args(STAGE_ARGS["critique_revise"], [*args, "--constitution", str(tmp_path / "c.yaml")])
+    with pytest.raises(ConfigError, match=r"`principles` names 'kind', which .*default.yaml does not hold; use some of "
+                                          "harmless, honest, polite"):
+        parse_args(STAGE_ARGS["critique_revise"], [*args, "--principles", "polite", "kind"])
 
 
 def test_a_resumed_run_trains_on_the_revisions_its_checkpoint_kept_without_generating_again(tiny_base, tmp_path):

@@ -165,8 +165,11 @@ def test_critique_revise_generates_every_round_with_vllm_then_trains_with_transf
                                                                                      tiny_base, tokenizer, tmp_path):
     monkeypatch.setattr(vllm_generation, "cuda_available", lambda: True)
     prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": q} for q in QUESTIONS])
+    (tmp_path / "c.yaml").write_text("principles:\n  - {id: polite, critique: 'Rude?', revision: Politely., comparison: 'Polite?'}\n"
+                                     "  - {id: honest, critique: 'True?', revision: Truly., comparison: 'True?'}\n")
     trainer = run_stage("critique_revise", "--model_name_or_path", str(tiny_base), "--dataset_name", str(prompts),
-                        "--output_dir", str(tmp_path / "out"), "--constitution", "demo", "--num_revisions", "2",
+                        "--output_dir", str(tmp_path / "out"), "--constitution", str(tmp_path / "c.yaml"),
+                        "--principles", "polite", "--num_revisions", "2",
                         "--max_new_tokens", "6", "--do_sample", "true", "--eval_split_size", "0", "--max_steps", "1",
                         *FAST)
     (engine,) = engines()
@@ -176,4 +179,5 @@ def test_critique_revise_generates_every_round_with_vllm_then_trains_with_transf
     last = [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in engine.answers[-1]]
     assert [r["initial_answer"] for r in records] == first and [r["revision"] for r in records] == last
     assert all(s.temperature == 1.0 for _, s, _ in engine.calls)
+    assert all(r["principles"] == ["polite", "polite"] for r in records)  # `honest` is left out
     assert trainer.state.global_step == 1
