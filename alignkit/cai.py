@@ -46,11 +46,14 @@ def _check_vllm(config) -> None:
     vllm_generation.check_use_vllm(config.use_vllm)
 
 
-def _check_constitution(value: str, principles: list[str] | None) -> Constitution:
-    # A bad file, or a principle it does not hold, fails when the config is read, before any model loads.
-    if principles is not None and not principles:
+def stage_constitution(config) -> Constitution:
+    """
+    The constitution a CAI stage's config names, kept to its `principles`. Configs call it as they are read, so that a
+    bad file or a principle it does not hold fails before any model loads; the recipes call it for the constitution.
+    """
+    if config.principles is not None and not config.principles:
         raise ConfigError("`principles` is empty; name some of the constitution's principles, or leave it unset for all.")
-    return load_constitution(value).restricted_to(principles)
+    return load_constitution(config.constitution).restricted_to(config.principles)
 
 
 @dataclass
@@ -97,7 +100,7 @@ class CritiqueReviseConfig(SFTConfig):
         if self.temperature <= 0:
             raise ConfigError(f"`temperature` must be positive, got {self.temperature}; use `do_sample: false` for greedy.")
         _check_vllm(self)
-        _check_constitution(self.constitution, self.principles)
+        stage_constitution(self)
 
 
 @dataclass
@@ -165,7 +168,7 @@ class AIFeedbackConfig:
         _check_vllm(self)
         if bool(self.judge) != bool(self.judge_prompts):
             raise ConfigError("`judge` and `judge_prompts` go together: set both to measure agreement, or neither.")
-        constitution = _check_constitution(self.constitution, self.principles)
+        constitution = stage_constitution(self)
         if not 1 <= self.principles_per_pair <= len(constitution.principles):
             raise ConfigError(f"`principles_per_pair` must be between 1 and the constitution's {len(constitution.principles)} "
                               f"principles, got {self.principles_per_pair}.")

@@ -31,6 +31,7 @@ import random
 import string
 from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
+from functools import cached_property
 from pathlib import Path
 
 import yaml
@@ -106,7 +107,7 @@ class Constitution:
         return replace(self, principles=tuple(p for p in self.principles if p.id in ids),
                        examples=tuple(e for e in self.examples if e.principle in ids))
 
-    @property
+    @cached_property  # asked for every comparison; the template does not change
     def uses_reference(self) -> bool:
         """Whether a comparison shows the feedback model's own answer (`{reference}` in the feedback template)."""
         return "reference" in template_fields(self.feedback_template)

@@ -24,7 +24,6 @@ from trl import ModelConfig
 from alignkit import __version__, cai, data, models, outputs
 from alignkit.cli import run_recipe
 from alignkit.config import ScriptArguments, has_accelerator, save_config
-from alignkit.constitution import load_constitution
 from alignkit.errors import DataError
 from alignkit.evaluation import judges, load_prompts, prompt_conversation, vllm_generation
 from alignkit.evaluation.generation import generate, on_shares
@@ -40,7 +39,7 @@ def main(script_args: ScriptArguments, args: cai.AIFeedbackConfig, model_args: M
     PartialState(cpu=not has_accelerator())
     # Check the prompts, the constitution, the judge and the output folder before loading any weights.
     prompts = data.load_data(dataclasses.replace(script_args, eval_split_size=0), "prompts")["train"]
-    constitution = load_constitution(args.constitution).restricted_to(args.principles)
+    constitution = cai.stage_constitution(args)
     judge = judges.load_judge(args.judge) if args.judge else None
     judge_rows = load_prompts(args.judge_prompts) if args.judge_prompts else []
     outputs.prepare_output_dir(args.output_dir, script_args.overwrite_output_dir)

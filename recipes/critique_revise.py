@@ -21,7 +21,6 @@ from trl import ModelConfig
 from alignkit import cai, data, models, outputs
 from alignkit.cli import run_recipe
 from alignkit.config import ScriptArguments
-from alignkit.constitution import load_constitution
 from alignkit.errors import DataError
 from alignkit.evaluation.generation import on_shares, prompt_conversation
 from alignkit.recipes import sft
@@ -32,7 +31,7 @@ RECORDS_FILE = "critique_revise.jsonl"
 def main(script_args: ScriptArguments, training_args: cai.CritiqueReviseConfig, model_args: ModelConfig):
     # Check the prompts, the constitution and the output folder before loading any weights.
     prompts = data.load_data(script_args, "prompts", seed=training_args.seed)
-    constitution = load_constitution(training_args.constitution).restricted_to(training_args.principles)
+    constitution = cai.stage_constitution(training_args)
     outputs.prepare_output_dir(
         training_args.output_dir, script_args.overwrite_output_dir, training_args.resume_from_checkpoint
     )
