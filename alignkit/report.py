@@ -439,7 +439,10 @@ def columns(report: Mapping) -> list[tuple[str, Callable[[dict], str | None]]]:
         ("from", lambda r: r.get("from")),
         ("perplexity", _perplexity),
         ("RM acc", lambda r: _number(r.get("eval_accuracy"))),
-        ("AI agree", lambda r: _number(r.get("gold_agreement"))),  # AI feedback's labels against the judge
+        # AI feedback's labels against the judge: those the output keeps, and all of them (a feedback model that kept
+        # only the pairs it is sure of could agree on few pairs and abstain on the rest; this shows it)
+        ("AI agree", lambda r: _number(r.get("gold_agreement"))),
+        ("AI all", lambda r: _number(r.get("gold_agreement_all"))),
         *((headers.get(k, k), lambda r, k=k: _number(r.get(k))) for k in judged),
         ("RM score", lambda r: _number(r.get("rm_score"))),
         ("audit RM", lambda r: _number(r.get("audit_rm_score"))),

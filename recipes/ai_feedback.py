@@ -1,6 +1,6 @@
 """Constitutional AI's feedback stage: a model labels which of two sampled answers better follows a principle.
 
-    alignkit ai_feedback --config recipes/demo/cai/ai_feedback.yaml
+    alignkit ai_feedback --config recipes/demo/ai_feedback.yaml
 
 The policy (`model_name_or_path`) samples two answers per prompt; the feedback model (`feedback_model_path`, by default
 the policy) is asked a sampled principle's comparison question with the answers as (A) and (B), in both orders, and
@@ -9,7 +9,8 @@ the output is `<output_dir>/preference/train.jsonl` (prompt, chosen, rejected, `
 its log-odds, which TRL's RewardTrainer adds to its loss, `principle`), which the reward and DPO stages read as it is.
 DPO has no per-example weight in TRL 1.16, so it uses the pairs and ignores the label. With `judge` and
 `judge_prompts`, pairs sampled for those prompts (not in the output) measure how often the labels agree with the judge:
-`gold_agreement` on the pairs the output would keep (label >= min_confidence), `gold_agreement_all` on all of them.
+`gold_agreement` on the pairs the output would keep (label >= min_confidence), `gold_agreement_all` on all of them,
+`gold_coverage` the share of them kept.
 """
 
 import dataclasses
@@ -112,6 +113,7 @@ def _label(script_args, args, model_args, prompts, constitution, judge, judge_ro
         sure = [i for i, p in enumerate(labels) if max(p, 1 - p) >= args.min_confidence]
         report["gold_agreement"], report["gold_pairs"] = cai.agreement([labels[i] for i in sure], [gold[i] for i in sure])
         report["gold_agreement_all"], report["gold_pairs_all"] = cai.agreement(labels, gold)
+        report["gold_coverage"] = report["gold_pairs"] / report["gold_pairs_all"] if report["gold_pairs_all"] else None
         report["gold_agreement_by_criterion"] = cai.agreement_by_criterion(labels, verdicts)
 
     out = Path(args.output_dir)

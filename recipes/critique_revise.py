@@ -1,6 +1,6 @@
 """Constitutional AI's supervised stage: the policy critiques and revises its own answers, then learns the revisions.
 
-    alignkit critique_revise --config recipes/demo/cai/critique_revise.yaml
+    alignkit critique_revise --config recipes/demo/critique_revise.yaml
     accelerate launch recipes/critique_revise.py --config recipes/qwen2.5-0.5b/cai/critique_revise.yaml
 
 For each prompt the model answers; for `num_revisions` rounds a sampled principle of the `constitution` asks it to

@@ -180,7 +180,9 @@ def test_the_recipe_writes_preference_pairs_with_labels_and_a_run_record(feedbac
         assert row["principle"] in {"harmless", "honest", "polite"} and row["prompt"][-1]["role"] == "user"
     saved = json.loads((out / "alignkit_run.json").read_text())
     assert saved["stage"] == "ai_feedback" and {"gold_agreement", "gold_agreement_all"} <= set(saved["report"])
-    assert saved["report"]["gold_pairs"] <= saved["report"]["gold_pairs_all"] <= 8
+    report = saved["report"]
+    assert report["gold_pairs"] <= report["gold_pairs_all"] <= 8
+    assert report["gold_coverage"] == (report["gold_pairs"] / report["gold_pairs_all"] if report["gold_pairs_all"] else None)
     by = saved["report"]["gold_agreement_by_criterion"]
     assert set(by) <= {"gold_correctness", "gold_politeness", "gold_concision", "gold_well_formed"}
     assert all(0 <= v["agreement"] <= 1 and 1 <= v["pairs"] <= saved["report"]["gold_pairs_all"] for v in by.values())

@@ -5,7 +5,7 @@ from alignkit.outputs import finish_run
 from alignkit.pipeline import load_pipeline
 
 
-def test_the_report_row_of_ai_feedback_carries_its_gold_agreement_and_the_table_shows_it(tmp_path):
+def test_the_report_row_of_ai_feedback_carries_its_gold_agreement_and_the_table_shows_it_beside_all_pairs(tmp_path):
     path = tmp_path / "p.yaml"
     path.write_text(f"base_model: m\noutput_dir: {tmp_path / 'out'}\nstages:\n"
                     "  sft: {recipe: sft, model: base}\n"
@@ -14,12 +14,15 @@ def test_the_report_row_of_ai_feedback_carries_its_gold_agreement_and_the_table_
     pipeline = load_pipeline(path)
     out = pipeline.stage_dir("ai_feedback")
     out.mkdir(parents=True)
-    finish_run(out, {"stage": "ai_feedback", "metrics": {"kept": 10}, "report": {"gold_agreement": 0.93, "gold_pairs": 40}})
+    finish_run(out, {"stage": "ai_feedback", "metrics": {"kept": 10}, "report": {"gold_agreement": 0.93, "gold_pairs": 40,
+                                                                          "gold_agreement_all": 0.71}})
     row = report.stage_row(pipeline, pipeline.stages["ai_feedback"], "start", 1.0, report.Evaluator())
     assert row["gold_agreement"] == 0.93 and row["gold_pairs"] == 40 and "judged" not in row
     assert report.reward_model_for(pipeline, pipeline.stages["dpo"]) is None  # a data set scores no answers
     table = report.format_table({"stages": {"ai_feedback": row}, "judge_columns": {}, "wall_seconds": 1.0})
-    assert "AI agree" in table.splitlines()[0] and "0.93" in table.splitlines()[1]
+    header, line = table.splitlines()[:2]
+    # Beside the kept labels' agreement, all labels': a feedback model sure of few pairs cannot hide the rest.
+    assert header.endswith("AI agree  AI all") and line.split()[-2:] == ["0.93", "0.71"]
 
 
 def test_a_stage_reading_an_earlier_stages_data_by_path_reruns_when_that_stage_does(tmp_path):
