@@ -179,13 +179,13 @@ def test_the_recipe_writes_preference_pairs_with_labels_and_a_run_record(feedbac
         assert row["chosen"] != row["rejected"] and 0.5 <= row["label"] <= 1 and row["margin"] >= 0
         assert row["principle"] in {"harmless", "honest", "polite"} and row["prompt"][-1]["role"] == "user"
     saved = json.loads((out / "alignkit_run.json").read_text())
-    assert saved["stage"] == "ai_feedback" and {"gold_agreement", "gold_agreement_all"} <= set(saved["report"])
     report = saved["report"]
+    assert saved["stage"] == "ai_feedback" and {"gold_agreement", "gold_agreement_all"} <= set(report)
     assert report["gold_pairs"] <= report["gold_pairs_all"] <= 8
     assert report["gold_coverage"] == (report["gold_pairs"] / report["gold_pairs_all"] if report["gold_pairs_all"] else None)
-    by = saved["report"]["gold_agreement_by_criterion"]
+    by = report["gold_agreement_by_criterion"]
     assert set(by) <= {"gold_correctness", "gold_politeness", "gold_concision", "gold_well_formed"}
-    assert all(0 <= v["agreement"] <= 1 and 1 <= v["pairs"] <= saved["report"]["gold_pairs_all"] for v in by.values())
+    assert all(0 <= v["agreement"] <= 1 and 1 <= v["pairs"] <= report["gold_pairs_all"] for v in by.values())
 
 
 def test_the_reward_stage_reads_the_ai_labels_as_they_are_and_uses_the_margin(feedback_run, tiny_base, tmp_path):
