@@ -133,6 +133,8 @@ class AIFeedbackConfig:
             on the pairs sampled for `judge_prompts` (`gold_agreement` in the run record and the pipeline report).
         judge_prompts (`str`, *optional*):
             A JSONL prompts file whose rows the judge can rate (e.g. held-out questions); never part of the output.
+        judge_samples (`int`, *optional*, defaults to `1`):
+            Pairs sampled and labelled for each of `judge_prompts`: more pairs, a steadier agreement measure.
         use_vllm (`bool`, *optional*):
             Sample the answers with vLLM; unset, it is used when installed and a CUDA GPU is there. The comparisons
             are one forward pass each and stay with transformers.
@@ -152,13 +154,14 @@ class AIFeedbackConfig:
     min_confidence: float = field(default=0.5, metadata={"help": "Keep pairs whose label is at least this."})
     judge: str | None = field(default=None, metadata={"help": "Judge (module:function) to measure agreement with."})
     judge_prompts: str | None = field(default=None, metadata={"help": "Prompts (JSONL) the judge can rate."})
+    judge_samples: int = field(default=1, metadata={"help": "Pairs sampled per judge prompt."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Run model code from the Hub."})
     chat_template_path: str | None = field(default=None, metadata={"help": "A chat template (.jinja) for the policy."})
     use_vllm: bool | None = field(default=None, metadata={"help": "Generate with vLLM (unset: when installed, on a GPU)."})
     vllm_gpu_memory_utilization: float = field(default=0.5, metadata={"help": "GPU memory share vLLM's engine takes."})
 
     def __post_init__(self):
-        for key in ("max_new_tokens", "generation_batch_size"):
+        for key in ("max_new_tokens", "generation_batch_size", "judge_samples"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"`{key}` must be at least 1, got {getattr(self, key)}.")
         if self.temperature <= 0:

@@ -8,9 +8,9 @@ its next-token probabilities of "A" vs "B" give p(first answer better) = (p_AB +
 the output is `<output_dir>/preference/train.jsonl` (prompt, chosen, rejected, `label` = p(chosen better), `margin` =
 its log-odds, which TRL's RewardTrainer adds to its loss, `principle`), which the reward and DPO stages read as it is.
 DPO has no per-example weight in TRL 1.16, so it uses the pairs and ignores the label. With `judge` and
-`judge_prompts`, pairs sampled for those prompts (not in the output) measure how often the labels agree with the judge:
-`gold_agreement` on the pairs the output would keep (label >= min_confidence), `gold_agreement_all` on all of them,
-`gold_coverage` the share of them kept.
+`judge_prompts`, pairs sampled for those prompts (`judge_samples` each, not in the output) measure how often the labels
+agree with the judge: `gold_agreement` on the pairs the output would keep (label >= min_confidence),
+`gold_agreement_all` on all of them, `gold_coverage` the share of them kept.
 """
 
 import dataclasses
@@ -42,7 +42,8 @@ def main(script_args: ScriptArguments, args: cai.AIFeedbackConfig, model_args: M
     prompts = data.load_data(dataclasses.replace(script_args, eval_split_size=0), "prompts")["train"]
     constitution = cai.stage_constitution(args)
     judge = judges.load_judge(args.judge) if args.judge else None
-    judge_rows = load_prompts(args.judge_prompts) if args.judge_prompts else []
+    # Each judge prompt `judge_samples` times: a pair sampled for each (sampled after the output's, which they leave as is).
+    judge_rows = [row for row in load_prompts(args.judge_prompts) for _ in range(args.judge_samples)] if args.judge_prompts else []
     outputs.prepare_output_dir(args.output_dir, script_args.overwrite_output_dir)
     if script_args.overwrite_output_dir:
         outputs.set_aside(args.output_dir)  # kept whole in <output_dir>.previous until this run has finished
@@ -113,6 +114,7 @@ def _label(script_args, args, model_args, prompts, constitution, judge, judge_ro
         sure = [i for i, p in enumerate(labels) if max(p, 1 - p) >= args.min_confidence]
         report["gold_agreement"], report["gold_pairs"] = cai.agreement([labels[i] for i in sure], [gold[i] for i in sure])
         report["gold_agreement_all"], report["gold_pairs_all"] = cai.agreement(labels, gold)
+        report["judge_pairs"] = len(gold)  # sampled; gold_pairs_all of them the judge tells apart
         report["gold_coverage"] = report["gold_pairs"] / report["gold_pairs_all"] if report["gold_pairs_all"] else None
         report["gold_agreement_by_criterion"] = cai.agreement_by_criterion(labels, verdicts)
 

@@ -100,6 +100,8 @@ def test_more_principles_per_pair_than_the_constitution_holds_is_refused():
         cai.AIFeedbackConfig(principles_per_pair=4)
     with pytest.raises(ConfigError, match="between 1 and the constitution's 1 principles, got 2"):
         cai.AIFeedbackConfig(principles=["polite"], principles_per_pair=2)
+    with pytest.raises(ConfigError, match="`judge_samples` must be at least 1, got 0"):
+        cai.AIFeedbackConfig(judge_samples=0)
 
 
 def test_a_reference_template_compares_each_pair_against_the_feedback_models_own_answer(tokenizer, tmp_path):
@@ -186,6 +188,17 @@ def test_the_recipe_writes_preference_pairs_with_labels_and_a_run_record(feedbac
     by = report["gold_agreement_by_criterion"]
     assert set(by) <= {"gold_correctness", "gold_politeness", "gold_concision", "gold_well_formed"}
     assert all(0 <= v["agreement"] <= 1 and 1 <= v["pairs"] <= report["gold_pairs_all"] for v in by.values())
+
+
+def test_more_judge_samples_label_more_held_out_pairs_and_leave_the_output_as_it_is(feedback_run, tiny_base, tmp_path):
+    record, out = feedback_run
+    again = run_stage("ai_feedback", "--model_name_or_path", str(tiny_base), "--dataset_name", str(out.parent / "prompts.jsonl"),
+                      "--output_dir", str(tmp_path / "out"), "--max_new_tokens", "8", "--seed", "0", "--judge_samples", "3",
+                      "--judge", "alignkit.demo.judge:gold_judge", "--judge_prompts", str(out.parent / "heldout.jsonl"))
+    assert record["report"]["judge_pairs"] == 8 and again["report"]["judge_pairs"] == 24
+    assert again["report"]["gold_pairs_all"] <= 24
+    # The held-out pairs are sampled after the output's: the labels written are the same, byte for byte.
+    assert (tmp_path / "out" / "preference" / "train.jsonl").read_bytes() == (out / "preference" / "train.jsonl").read_bytes()
 
 
 def test_the_reward_stage_reads_the_ai_labels_as_they_are_and_uses_the_margin(feedback_run, tiny_base, tmp_path):
