@@ -19,9 +19,6 @@ import random
 from pathlib import Path
 
 from accelerate import PartialState
-from transformers import set_seed
-from trl import ModelConfig
-
 from alignkit import __version__, cai, data, models, outputs
 from alignkit.cli import run_recipe
 from alignkit.config import ScriptArguments, has_accelerator, save_config
@@ -29,6 +26,9 @@ from alignkit.errors import DataError
 from alignkit.evaluation import judges, load_prompts, prompt_conversation, vllm_generation
 from alignkit.evaluation.generation import generate, on_shares
 from alignkit.training import lineage
+
+from transformers import set_seed
+from trl import ModelConfig
 
 DATA_DIR = "preference"
 

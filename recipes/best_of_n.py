@@ -14,12 +14,12 @@ checkpoint, on the rows that round kept; earlier rounds save no checkpoints.
 
 import copy
 
-from transformers.trainer_utils import SaveStrategy
-from trl import ModelConfig, SFTTrainer
-
 from alignkit import best_of_n, data, models, outputs, training
 from alignkit.cli import run_recipe
 from alignkit.config import ScriptArguments
+
+from transformers.trainer_utils import SaveStrategy
+from trl import ModelConfig, SFTTrainer
 
 
 def main(script_args: ScriptArguments, training_args: best_of_n.BestOfNConfig, model_args: ModelConfig) -> SFTTrainer:

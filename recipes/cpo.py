@@ -9,12 +9,12 @@ a target margin `simpo_gamma`; `cpo_alpha: 0` for the paper's pure SimPO). With 
 adapter or adds one.
 """
 
-from trl import ModelConfig
-
 from alignkit import data, models, outputs, training
 from alignkit.cli import run_recipe
 from alignkit.config import ScriptArguments
 from alignkit.experimental import CPOConfig, CPOTrainer
+
+from trl import ModelConfig
 
 
 def main(script_args: ScriptArguments, training_args: CPOConfig, model_args: ModelConfig) -> CPOTrainer:

@@ -13,17 +13,17 @@ import json
 import random
 from pathlib import Path
 
-from datasets import Dataset, DatasetDict
-from transformers import TrainerCallback, set_seed
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-from trl import ModelConfig
-
 from alignkit import cai, data, models, outputs
 from alignkit.cli import run_recipe
 from alignkit.config import ScriptArguments
 from alignkit.errors import DataError
 from alignkit.evaluation.generation import on_shares, prompt_conversation
 from alignkit.recipes import sft
+
+from datasets import Dataset, DatasetDict
+from transformers import TrainerCallback, set_seed
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from trl import ModelConfig
 
 RECORDS_FILE = "critique_revise.jsonl"
 

@@ -8,11 +8,11 @@ reference is the policy with its new adapter disabled; on an SFT adapter, traini
 TRL keeps a frozen copy of it as the reference. `loss_type` and `beta` pass through to TRL.
 """
 
-from trl import DPOConfig, DPOTrainer, ModelConfig
-
 from alignkit import data, models, outputs, training
 from alignkit.cli import run_recipe
 from alignkit.config import ScriptArguments
+
+from trl import DPOConfig, DPOTrainer, ModelConfig
 
 
 def main(script_args: ScriptArguments, training_args: DPOConfig, model_args: ModelConfig) -> DPOTrainer:

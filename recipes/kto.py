@@ -9,12 +9,12 @@ model, as for DPO: with LoRA the policy with its adapter disabled (or TRL's froz
 continues). `beta`, `desirable_weight` and `undesirable_weight` pass through to TRL.
 """
 
-from trl import KTOConfig, KTOTrainer, ModelConfig
-from trl.data_utils import unpair_preference_dataset
-
 from alignkit import data, models, outputs, training
 from alignkit.cli import run_recipe
 from alignkit.config import ScriptArguments
+
+from trl import KTOConfig, KTOTrainer, ModelConfig
+from trl.data_utils import unpair_preference_dataset
 
 
 def main(script_args: ScriptArguments, training_args: KTOConfig, model_args: ModelConfig) -> KTOTrainer:

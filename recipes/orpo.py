@@ -7,12 +7,12 @@ ORPO needs no reference model: its loss is the SFT loss on the chosen answer plu
 of chosen over rejected (`beta` is the paper's lambda). With LoRA, training continues an SFT adapter or adds one.
 """
 
-from trl import ModelConfig
-
 from alignkit import data, models, outputs, training
 from alignkit.cli import run_recipe
 from alignkit.config import ScriptArguments
 from alignkit.experimental import ORPOConfig, ORPOTrainer
+
+from trl import ModelConfig
 
 
 def main(script_args: ScriptArguments, training_args: ORPOConfig, model_args: ModelConfig) -> ORPOTrainer:

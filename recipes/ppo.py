@@ -9,13 +9,13 @@ the reward stage's output, and the value model starts from it. With `use_peft` t
 reference is the policy with its adapter disabled. Prompts come from a `prompt` column or conversations.
 """
 
-from transformers import set_seed
-from trl import ModelConfig, get_peft_config, get_quantization_config
-
 from alignkit import data, models, outputs, training
 from alignkit.cli import run_recipe
 from alignkit.config import ScriptArguments
 from alignkit.ppo import PPOConfig, PPOTrainer, load_ppo_models
+
+from transformers import set_seed
+from trl import ModelConfig, get_peft_config, get_quantization_config
 
 
 def main(script_args: ScriptArguments, training_args: PPOConfig, model_args: ModelConfig) -> PPOTrainer:

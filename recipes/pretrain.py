@@ -6,11 +6,11 @@
 `from_scratch: true` initialises random weights from the base's config instead of loading its weights.
 """
 
-from trl import ModelConfig, SFTTrainer
-
 from alignkit import data, models, outputs, training
 from alignkit.cli import run_recipe
 from alignkit.config import PretrainConfig, ScriptArguments
+
+from trl import ModelConfig, SFTTrainer
 
 
 def main(script_args: ScriptArguments, training_args: PretrainConfig, model_args: ModelConfig) -> SFTTrainer:

@@ -8,12 +8,12 @@ trained in full and saved with the adapter. The output records the score distrib
 normalise rewards later) and how often the model simply prefers the longer answer.
 """
 
-from transformers import set_seed
-from trl import ModelConfig, RewardConfig, RewardTrainer
-
 from alignkit import data, metrics, models, outputs, training
 from alignkit.cli import run_recipe
 from alignkit.config import ScriptArguments
+
+from transformers import set_seed
+from trl import ModelConfig, RewardConfig, RewardTrainer
 
 
 def main(script_args: ScriptArguments, training_args: RewardConfig, model_args: ModelConfig) -> RewardTrainer:

@@ -15,11 +15,11 @@ With `audit_reward_model_path` (a second reward stage, never optimised against) 
 logged per step as `rewards/audit_reward_model/mean` at weight 0: it falling while `reward` rises is over-optimisation.
 """
 
-from trl import ModelConfig, RLOOTrainer
-
 from alignkit import data, models, outputs, rewards, training
 from alignkit.cli import run_recipe
 from alignkit.config import ScriptArguments
+
+from trl import ModelConfig, RLOOTrainer
 
 
 def main(script_args: ScriptArguments, training_args: rewards.RLOOConfig, model_args: ModelConfig) -> RLOOTrainer:

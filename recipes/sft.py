@@ -6,12 +6,12 @@
 Prompt/completion data trains on the completions only; conversations (`messages`) on the assistant's turns only.
 """
 
-from trl import ModelConfig, SFTConfig, SFTTrainer
-from trl.chat_template_utils import has_generation_markers
-
 from alignkit import data, models, outputs, training
 from alignkit.cli import run_recipe
 from alignkit.config import ScriptArguments
+
+from trl import ModelConfig, SFTConfig, SFTTrainer
+from trl.chat_template_utils import has_generation_markers
 
 
 def main(script_args: ScriptArguments, training_args: SFTConfig, model_args: ModelConfig) -> SFTTrainer:
