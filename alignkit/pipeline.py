@@ -47,7 +47,7 @@ from alignkit.outputs import (
 # A stage's inputs by role, and the config key each one sets.
 INPUTS = stages.INPUT_KEYS
 PIPELINE_KEYS = ("base_model", "output_dir", "setup", "evaluation", "stages")
-STAGE_KEYS = ("recipe", "config", *INPUTS, "args", "num_processes", "accelerate_config")
+STAGE_KEYS = ("recipe", "config", *INPUTS, "args", "num_processes", "accelerate_config", "evaluate")
 EVALUATION_KEYS = ("prompts", "judge", "max_new_tokens", "batch_size", "num_examples", "audit_reward_model")
 # The config key an online stage (PPO, GRPO, RLOO) gets the audit reward stage's output in.
 AUDIT_KEY = "audit_reward_model_path"
@@ -75,6 +75,7 @@ class Stage:
     args: dict[str, Any] = field(default_factory=dict)
     num_processes: int = 1
     accelerate_config: str | None = None
+    evaluate: bool = True  # a policy's answers to `evaluation.prompts` in the report (false: a model that only judges)
 
     @property
     def spec(self) -> stages.Stage:
@@ -586,6 +587,9 @@ def _stage(name: str, spec: Any, pipeline: Pipeline) -> Stage:
     processes = spec.get("num_processes", 1)
     if not isinstance(processes, int) or isinstance(processes, bool) or processes < 1:
         raise pipeline.error(name, f"num_processes must be a whole number >= 1, got {processes!r}", "Fix its value")
+    evaluate = spec.get("evaluate", True)
+    if not isinstance(evaluate, bool):
+        raise pipeline.error(name, f"evaluate must be true or false, got {evaluate!r}", "Fix its value")
     return Stage(
         name=name,
         recipe=recipe,
@@ -594,6 +598,7 @@ def _stage(name: str, spec: Any, pipeline: Pipeline) -> Stage:
         args=args,
         num_processes=processes,
         accelerate_config=None if spec.get("accelerate_config") is None else str(spec["accelerate_config"]),
+        evaluate=evaluate,
     )
 
 

@@ -1,24 +1,35 @@
 """The Constitutional AI demo (`alignkit run recipes/demo/cai.yaml`): the demo world, without any preference pair.
 
-Its `setup` writes what the CAI pipeline reads, and nothing more: the pretraining text, SFT data, unlabeled questions
-and the held-out questions. The SFT data is the world's questions with right answers, half of them rude, plus conversations that
-teach the tiny model to follow the demo constitution's requests (`alignkit/constitutions/demo.yaml`) the way a helpful
-model already would: asked "Is your answer rude?" after an answer it says whether it was; asked to answer again
-politely it gives the polite, correct answer; asked which of two answers is polite it names the right letter. Those
-conversations are about entities that no held-out question asks about. The pipeline then learns politeness from the
-model's own critiques, revisions and comparisons alone.
+Its `setup` writes what the CAI pipeline reads, and nothing more: the pretraining text, SFT data, the feedback model's
+comparisons, unlabeled questions and the held-out questions. The SFT data is the world's questions with right answers,
+half of them rude, plus conversations that teach the tiny model to follow the demo constitution's requests
+(`alignkit/constitutions/demo.yaml`) the way a helpful model already would: asked "Is your answer rude?" after an
+answer it says whether it was; asked to answer again politely it gives the polite, correct answer; asked which of two
+answers is polite it names the right letter. The feedback model then learns the constitution's comparisons, which
+answer is about what was asked and which is polite (`feedback_examples`). All of these are about entities that no
+held-out question asks about. The pipeline then learns from the model's own critiques, revisions and comparisons alone.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 from pathlib import Path
 
-from alignkit.constitution import load_constitution
+from alignkit.constitution import DEFAULT_FEEDBACK_TEMPLATE, load_constitution
 from alignkit.demo.base import make_base
 from alignkit.demo.run import WORLD_SEED
-from alignkit.demo.world import POLITE_OPENERS, QUESTION_TEMPLATES, RUDE_OPENERS, World, _write_jsonl, make_world
+from alignkit.demo.world import (
+    ATTRIBUTES,
+    POLITE_OPENERS,
+    QUESTION_TEMPLATES,
+    RUDE_OPENERS,
+    VALUES,
+    World,
+    _write_jsonl,
+    make_world,
+)
 
 CONSTITUTION = "demo"
 PRETRAIN_DOCS, PRETRAIN_TEST_DOCS = 3000, 200  # as the main demo (alignkit.demo.world.write_world)
@@ -29,6 +40,9 @@ PRETRAIN_DOCS, PRETRAIN_TEST_DOCS = 3000, 200  # as the main demo (alignkit.demo
 PHRASINGS_PER_FACT = 2
 RUDE_SHARE = 0.8  # how often the SFT data answers a rude phrasing rudely (and a polite one politely)
 CRITIQUE = {True: "Your answer was rude.", False: "Your answer was polite."}
+# The feedback model's comparisons (`feedback_examples`): 32,000 are its 1,000 steps of 32 (recipes/demo/feedback_sft.yaml).
+FEEDBACK_COMPARISONS, FEEDBACK_TEST_COMPARISONS = 32_000, 256
+TOPIC_SHARE = 0.7  # the rest are `polite` comparisons
 
 
 def _user(text: str) -> dict[str, str]:
@@ -53,8 +67,10 @@ def instruction_examples(world: World, seed: int = 0) -> list[dict]:
     asked to spot a wrong fact or a garbled opener were not learned at all by the tiny model: 0.56 on its own training
     comparisons.)
     """
-    constitution = load_constitution(CONSTITUTION)
-    principle = constitution.principles[0]
+    # The SFT model learns to compare manners in alignkit's default comparison format, as a helpful model would have;
+    # the feedback model learns the constitution's own (`feedback_examples`).
+    constitution = dataclasses.replace(load_constitution(CONSTITUTION), feedback_template=DEFAULT_FEEDBACK_TEMPLATE)
+    principle = constitution.principle("polite")
     rng = random.Random(f"alignkit-demo/{seed}/cai")
     entities = set(instruction_entities(world))
     rows = []
@@ -75,6 +91,40 @@ def instruction_examples(world: World, seed: int = 0) -> list[dict]:
             rows.append({"messages": [_user(constitution.comparison_prompt(principle, question, a, b)),
                                       _assistant("A" if polite_first else "B")]})
     rng.shuffle(rows)
+    return rows
+
+
+def feedback_examples(world: World, seed: int = 0, n: int = FEEDBACK_COMPARISONS) -> list[dict]:
+    """
+    Comparisons under the demo constitution, as prompt/completion rows, that teach the SFT model to be the feedback
+    model. `topic`: a right answer against one about another entity, the value its own, the asked entity's or any
+    (the SFT model's wrong answers are mostly of this kind: "The dog is brown." for the otter). `polite`: the same
+    right answer after a polite opener and after a rude or a garbled one. Openers of a `topic` pair are drawn apart from
+    which answer is better, so only the entity tells them apart. The better answer is (A) or (B) at random, as often
+    in each principle, and only instruction entities appear (none that a held-out question asks about).
+    """
+    constitution = load_constitution(CONSTITUTION)
+    topic, polite = constitution.principle("topic"), constitution.principle("polite")
+    rng = random.Random(f"alignkit-demo/{seed}/cai-feedback")
+    entities = instruction_entities(world)
+    rows = []
+    for _ in range(n):
+        entity, attribute = rng.choice(entities), rng.choice(ATTRIBUTES)
+        question = rng.choice(QUESTION_TEMPLATES[attribute]).format(entity=entity)
+        fact = world.fact_sentence(entity, attribute)
+        if rng.random() < TOPIC_SHARE:
+            other = rng.choice([e for e in entities if e != entity])
+            value = rng.choice([world.facts[entity][attribute], world.facts[other][attribute], rng.choice(VALUES[attribute])])
+            openers = rng.choices(POLITE_OPENERS + RUDE_OPENERS, k=2)
+            principle = topic
+            better, worse = f"{openers[0]} {fact}", f"{openers[1]} {world.fact_sentence(other, attribute, value)}"
+        else:
+            flawed = rng.choice(RUDE_OPENERS) if rng.random() < 0.5 else world.garbled_opener(rng)
+            principle, better, worse = polite, f"{rng.choice(POLITE_OPENERS)} {fact}", f"{flawed} {fact}"
+        better_first = rng.random() < 0.5
+        a, b = (better, worse) if better_first else (worse, better)
+        rows.append({"prompt": [_user(constitution.comparison_prompt(principle, question, a, b))],
+                     "completion": [_assistant("A" if better_first else "B")]})
     return rows
 
 
@@ -118,6 +168,8 @@ def setup(output_dir: Path) -> dict[str, str]:
     _write_jsonl(data / "sft_cai" / "train.jsonl", world_sft[:-n_test] + instruction_examples(world))
     _write_jsonl(data / "sft_cai" / "test.jsonl", world_sft[-n_test:])
     _write_jsonl(data / "prompts" / "train.jsonl", unlabeled_prompts(world))
+    _write_jsonl(data / "feedback" / "train.jsonl", feedback_examples(world))
+    _write_jsonl(data / "feedback" / "test.jsonl", feedback_examples(world, seed=1, n=FEEDBACK_TEST_COMPARISONS))
     heldout = data / "heldout_prompts.jsonl"
     _write_jsonl(heldout, [{"prompt": [_user(q.text)], "entity": q.entity, "attribute": q.attribute}
                            for q in world.heldout_questions()])
@@ -125,4 +177,4 @@ def setup(output_dir: Path) -> dict[str, str]:
     if not (base / "config.json").is_file():
         make_base(world, base, seed=WORLD_SEED)
     return {"base": str(base), "pretrain": str(data / "pretrain"), "sft": str(data / "sft_cai"),
-            "prompts": str(data / "prompts"), "heldout": str(heldout)}
+            "prompts": str(data / "prompts"), "feedback": str(data / "feedback"), "heldout": str(heldout)}

@@ -9,7 +9,7 @@ from conftest import REPO
 from alignkit.constitution import load_constitution
 from alignkit.demo import cai
 from alignkit.demo.judge import GoldJudge
-from alignkit.demo.world import QUESTION_TEMPLATES
+from alignkit.demo.world import POLITE_OPENERS, QUESTION_TEMPLATES, RUDE_OPENERS
 from alignkit.pipeline import load_pipeline
 
 PIPELINE = REPO / "recipes" / "demo" / "cai.yaml"
@@ -34,7 +34,8 @@ def test_the_pipeline_reads_only_setups_data_the_constitution_and_its_own_ai_lab
     out, variables = setup_dir
     pipeline = load_pipeline(PIPELINE, {"output_dir": str(out)}).validate()
     pipeline.variables = variables
-    allowed = {variables["pretrain"], variables["sft"], variables["prompts"], f"{out}/ai_feedback/preference"}
+    allowed = {variables["pretrain"], variables["sft"], variables["feedback"], variables["prompts"],
+               f"{out}/ai_feedback/preference"}
     read = {name: pipeline.settings(stage)["dataset_name"] for name, stage in pipeline.stages.items()}
     assert set(read.values()) <= allowed, read
     assert read["reward"] == read["dpo"] == f"{out}/ai_feedback/preference"  # preferences come from AI feedback only
@@ -69,3 +70,34 @@ def test_instruction_conversations_avoid_held_out_entities_and_follow_the_consti
         assert score(answer_a) != score(answer_b)
         assert turns[1]["content"] == ("A" if score(answer_a) > score(answer_b) else "B")
         assert judge.judge(entity, attribute, answer_a).polite != judge.judge(entity, attribute, answer_b).polite
+
+
+def test_the_feedback_models_comparisons_name_the_answer_the_gold_judge_rates_higher(world):
+    held = {entity for entity, _ in world.heldout_pairs()}
+    constitution = load_constitution("demo")
+    asked = {p.comparison: p.id for p in constitution.principles}
+    template = re.escape(constitution.feedback_template).replace(r"\{", "{").replace(r"\}", "}")
+    pattern = template.format(question="(.*)", answer_a="(.*)", answer_b="(.*)", comparison="(.*)")
+    judge = GoldJudge(world)
+    letters, openers = {"topic": [], "polite": []}, {"topic": [], "polite": []}
+    for row in cai.feedback_examples(world, n=2000):
+        question, answer_a, answer_b, comparison = re.fullmatch(pattern, row["prompt"][0]["content"]).groups()
+        principle, letter = asked[comparison], row["completion"][0]["content"]
+        entity = next(e for e in world.entities if e in re.findall(r"[a-z]+", question.lower()))
+        attribute = next(a for a, ts in QUESTION_TEMPLATES.items() if question in (t.format(entity=entity) for t in ts))
+        assert entity not in held
+        better, worse = (answer_a, answer_b) if letter == "A" else (answer_b, answer_a)
+        fact = world.fact_sentence(entity, attribute)
+        assert better.endswith(f" {fact}") and judge.judge(entity, attribute, better).correct
+        if principle == "topic":  # the worse is about another entity; the openers tell nothing
+            assert entity not in re.findall(r"[a-z]+", worse.lower()) and not judge.judge(entity, attribute, worse).correct
+            openers[principle] += [better.removesuffix(f" {fact}") in POLITE_OPENERS, worse.split(" The ")[0] in POLITE_OPENERS]
+        else:  # the same fact, after a polite opener and after a rude or garbled one
+            assert worse.endswith(f" {fact}") and better.removesuffix(f" {fact}") in POLITE_OPENERS
+            assert worse.removesuffix(f" {fact}") not in POLITE_OPENERS and not judge.well_formed(entity, attribute, worse)
+            openers[principle].append(worse.removesuffix(f" {fact}") in RUDE_OPENERS)
+        letters[principle].append(letter)
+    assert 0.6 < len(letters["topic"]) / 2000 < 0.8
+    for principle, chosen in letters.items():
+        assert 0.4 < chosen.count("A") / len(chosen) < 0.6, principle
+        assert 0.35 < sum(openers[principle]) / len(openers[principle]) < 0.65, principle  # polite/rude; rude/garbled

@@ -14,6 +14,7 @@ from conftest import FAST, REPO, write_jsonl
 
 from alignkit import report
 from alignkit.demo.judge import gold_judge
+from alignkit.errors import ConfigError
 from alignkit.evaluation import evaluate_policy, load_prompts
 from alignkit.outputs import complete_checkpoints
 from alignkit.runner import run_pipeline
@@ -141,6 +142,27 @@ def test_a_second_run_skips_every_stage_reuses_the_evaluation_and_prints_the_sam
     table = report.format_table(result).rsplit("\n", 1)[0]  # all but the wall time
     assert table in printed
 
+
+def test_a_stage_marked_evaluate_false_is_left_out_of_the_evaluation_and_the_others_keep_theirs(run, monkeypatch):
+    # A model that only judges (the CAI demo's feedback model) has no answers to the held-out questions worth reading.
+    result, path, out = run
+    spec = yaml.safe_load(path.read_text())
+    spec["stages"]["dpo"]["evaluate"] = False
+    judging_only = path.with_name("pipeline_judging_only.yaml")
+    judging_only.write_text(yaml.safe_dump(spec, sort_keys=False))
+    evaluated = []
+    monkeypatch.setattr(report, "evaluate", lambda policy, *args, **kwargs: evaluated.append(policy))
+    again = run_pipeline(judging_only, output_dir=out)
+    assert [s["status"] for s in again["stages"].values()] == ["skipped"] * 5 and evaluated == []
+    dpo = again["stages"]["dpo"]
+    assert "gold_correctness" not in dpo and "examples" not in dpo and dpo.get("rm_score") is None
+    assert again["stages"]["sft"]["gold_correctness"] == result["stages"]["sft"]["gold_correctness"]
+    answers = (out / "report.md").read_text().split("## Example answers")[1].split("\n## ")[0]
+    assert "\n| sft | " in answers and "\n| dpo | " not in answers
+    with pytest.raises(ConfigError, match="evaluate must be true or false"):
+        spec["stages"]["dpo"]["evaluate"] = "no"
+        judging_only.write_text(yaml.safe_dump(spec, sort_keys=False))
+        run_pipeline(judging_only, output_dir=out)
 
 def test_from_reruns_that_stage_and_every_later_one(run):
     result, path, out = run
