@@ -40,7 +40,7 @@ PRETRAIN_DOCS, PRETRAIN_TEST_DOCS = 3000, 200  # as the main demo (alignkit.demo
 PHRASINGS_PER_FACT = 2
 RUDE_SHARE = 0.8  # how often the SFT data answers a rude phrasing rudely (and a polite one politely)
 CRITIQUE = {True: "Your answer was rude.", False: "Your answer was polite."}
-# The feedback model's comparisons (`feedback_examples`): 32,000 are its 1,000 steps of 32 (recipes/demo/feedback_sft.yaml).
+# The feedback model's comparisons (`feedback_examples`): 1,000 steps of 32 in recipes/demo/sft/feedback.yaml.
 FEEDBACK_COMPARISONS, FEEDBACK_TEST_COMPARISONS = 32_000, 256
 TOPIC_SHARE = 0.7  # the rest are `polite` comparisons
 
