@@ -166,7 +166,8 @@ def stage_row(pipeline: Pipeline, stage: Stage, action: str, seconds: float | No
     spec = stage.spec
     out = pipeline.stage_dir(stage.name)
     previous = pipeline.previous(stage)
-    reward_model = reward_model_for(pipeline, stage) if evaluator.rows and spec.is_policy and stage.evaluate else None
+    evaluated = bool(evaluator.rows) and spec.is_policy and stage.evaluate  # its answers to the held-out prompts
+    reward_model = reward_model_for(pipeline, stage) if evaluated else None
     audit = audit_reward_model_for(pipeline, stage) if spec.is_policy else None
     key = _digest(
         stage.recipe.encode(), _run_text(out), evaluator.fingerprint.encode(),
@@ -201,7 +202,7 @@ def stage_row(pipeline: Pipeline, stage: Stage, action: str, seconds: float | No
     if not spec.is_policy and "reward_stats" in record:
         stats = record["reward_stats"]  # exact pairwise accuracy on the held-out pairs
         row.update(eval_accuracy=stats["accuracy"], eval_margin=stats["margin"], prefers_longer=stats["prefers_longer"])
-    if spec.is_policy and evaluator.rows and stage.evaluate:
+    if evaluated:
         previous_dir = pipeline.stage_dir(previous) if previous else None
         rm_dir = pipeline.stage_dir(reward_model) if reward_model else None
         audit_dir = pipeline.stage_dir(audit) if audit else None

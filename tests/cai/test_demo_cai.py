@@ -42,6 +42,11 @@ def test_the_pipeline_reads_only_setups_data_the_constitution_and_its_own_ai_lab
     assert {pipeline.settings(s).get("constitution") for s in pipeline.stages.values()} - {None} == {"demo"}
 
 
+def _asked(world, question: str) -> tuple[str, str]:
+    """The (entity, attribute) a world question asks about."""
+    entity = next(e for e in world.entities if e in re.findall(r"[a-z]+", question.lower()))
+    return entity, next(a for a, ts in QUESTION_TEMPLATES.items() if question in (t.format(entity=entity) for t in ts))
+
 def test_instruction_conversations_avoid_held_out_entities_and_follow_the_constitution(world):
     held = {entity for entity, _ in world.heldout_pairs()}
     assert cai.instruction_entities(world) and not held & set(cai.instruction_entities(world))
@@ -62,8 +67,7 @@ def test_instruction_conversations_avoid_held_out_entities_and_follow_the_consti
     assert set(letters) == {"A", "B"} and 0.4 < letters.count("A") / len(letters) < 0.6
     for turns in comparisons:  # the letter names the answer the gold judge rates higher, whatever the flaw
         question, rest = turns[0]["content"].removeprefix("Question: ").split("\n(A) ")
-        entity = next(e for e in world.entities if e in re.findall(r"[a-z]+", question.lower()))
-        attribute = next(a for a, ts in QUESTION_TEMPLATES.items() if question in (t.format(entity=entity) for t in ts))
+        entity, attribute = _asked(world, question)
         answer_a, answer_b = rest.split("\n(B) ")
         answer_b = answer_b.split("\n")[0]
         score = lambda text: sum(vars(judge.judge(entity, attribute, text)).values()) + judge.well_formed(entity, attribute, text)
@@ -83,8 +87,7 @@ def test_the_feedback_models_comparisons_name_the_answer_the_gold_judge_rates_hi
     for row in cai.feedback_examples(world, n=2000):
         question, answer_a, answer_b, comparison = re.fullmatch(pattern, row["prompt"][0]["content"]).groups()
         principle, letter = asked[comparison], row["completion"][0]["content"]
-        entity = next(e for e in world.entities if e in re.findall(r"[a-z]+", question.lower()))
-        attribute = next(a for a, ts in QUESTION_TEMPLATES.items() if question in (t.format(entity=entity) for t in ts))
+        entity, attribute = _asked(world, question)
         assert entity not in held
         better, worse = (answer_a, answer_b) if letter == "A" else (answer_b, answer_a)
         fact = world.fact_sentence(entity, attribute)
